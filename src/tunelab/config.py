@@ -1,0 +1,307 @@
+"""One YAML file describes one run; this module validates it into `RunConfig`.
+
+Errors name the YAML file, the line of the offending key, the dotted key and what was expected,
+and unknown keys get a did-you-mean — a config mistake must never surface as a traceback deep
+inside training.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from tunelab.errors import TunelabError
+from tunelab.methods.registry import METHODS
+from tunelab.stages.registry import TASKS
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    name: str = Field("smollm2-135m-instruct", description="built-in short name, local HF directory, or hub id")
+    trust_remote_code: bool = Field(False, description="run model code shipped with the checkpoint (off for safety)")
+
+
+class SplitSection(Section):
+    validation: float = Field(0.05, ge=0, lt=1, description="fraction of the train file held out for validation")
+    test: float = Field(0.05, ge=0, lt=1, description="fraction of the train file held out for the final test")
+    seed: int = 42
+
+
+class DataSection(Section):
+    train: str = Field(..., description="path (.jsonl/.json/.csv/.parquet/.txt) or builtin:NAME")
+    validation: str | None = None
+    test: str | None = None
+    columns: dict[str, str] = Field(default_factory=dict, description="source column → field, e.g. {Doctor: answer}")
+    shape: Literal[
+        "auto", "qa", "alpaca", "prompt_completion", "input_output", "messages", "conversations", "text"
+    ] = "auto"
+    template: str | None = Field(None, description="None = the model's chat template; else e.g. '{question}\\n{answer}'")
+    system_prompt: str | None = Field(None, description="system message for chat templates (None = template default)")
+    train_on_prompt: bool = Field(False, description="also compute the loss on prompt tokens")
+    max_length: int = Field(256, gt=8, description="tokens per training sequence; longer rows are truncated")
+    limit: int | None = Field(None, gt=0, description="use only the first N (shuffled) training rows")
+    split: SplitSection = Field(default_factory=SplitSection)
+
+
+class TrainingSection(Section):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="stop after N optimizer steps (overrides epochs)")
+    batch_size: int = Field(8, gt=0, description="rows per micro-batch")
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    lr: float = Field(2e-4, gt=0)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"] = (
+        "cosine"
+    )
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    optimizer: str = Field("adamw_torch", description="any transformers `optim` name")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 on GPUs and CPUs that support it, else fp32"
+    )
+    padding_free: bool = Field(True, description="pack a batch's rows into one sequence: no compute on padding")
+    gradient_checkpointing: bool = False
+    logging_steps: int = Field(5, gt=0)
+    eval_steps: int | None = Field(50, gt=0, description="evaluate on the validation split every N steps")
+    save_steps: int | None = Field(50, gt=0, description="checkpoint every N steps (for --resume)")
+    save_total_limit: int = Field(2, gt=0)
+    early_stopping_patience: int | None = Field(None, gt=0, description="stop after N evals without improvement")
+    load_best_model_at_end: bool = Field(True, description="keep the checkpoint with the lowest eval loss")
+    seed: int = 42
+    threads: int | None = Field(None, gt=0, description="CPU threads for torch (None = torch's default)")
+
+
+class EvaluationSection(Section):
+    enabled: bool = True
+    compare_base: bool = Field(True, description="also evaluate the base model on the same held-out rows")
+    max_new_tokens: int = Field(64, gt=0)
+    batch_size: int = Field(16, gt=0)
+    max_examples: int | None = Field(None, gt=0, description="evaluate on at most N held-out rows")
+    samples_in_report: int = Field(20, ge=0)
+
+
+class _RunConfigBase(Section):
+    name: str = Field("run", description="run name: the run directory is OUTPUT_DIR/NAME")
+    output_dir: str = "runs"
+    model: ModelSection = Field(default_factory=ModelSection)
+    task: str = "sft"
+    method: str = "lora"
+    data: DataSection
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    _source_dir: Path | None = PrivateAttr(None)  # relative data paths resolve here (the config's folder)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        if v not in TASKS:
+            raise ValueError(f"unknown task {v!r}{_did_you_mean(v, TASKS)}; expected one of {', '.join(TASKS)}")
+        return v
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        if v not in METHODS:
+            raise ValueError(f"unknown method {v!r}{_did_you_mean(v, METHODS)}; expected one of {', '.join(METHODS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _options_match_method(self) -> _RunConfigBase:
+        # An options section for another method is almost always a typo'd `method:` — say so up front.
+        for name in METHODS:
+            if name != self.method and name in self.model_fields_set and METHODS[name].options is not None:
+                where = (
+                    f", or move these options under '{self.method}:'"
+                    if METHODS[self.method].options is not None
+                    else f" (method '{self.method}' has no options)"
+                )
+                raise ValueError(
+                    f"options section '{name}:' given but method is '{self.method}'; set method: {name}{where}"
+                )
+        return self
+
+    def method_options(self) -> BaseModel | None:
+        return getattr(self, self.method, None)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+# Each method with options contributes a section named after it (`lora:`), so adding a method
+# is one module plus one registry entry — this class never changes.
+RunConfig = create_model(
+    "RunConfig",
+    __base__=_RunConfigBase,
+    **{name: (m.options, Field(default_factory=m.options)) for name, m in METHODS.items() if m.options is not None},
+)
+
+
+def _did_you_mean(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each dotted key path in a YAML document to its 1-based line number."""
+    lines: dict[tuple[str, ...], int] = {}
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                p = (*path, str(key.value))
+                lines[p] = key.start_mark.line + 1
+                walk(value, p)
+
+    walk(root, ())
+    return lines
+
+
+def _section_fields(loc: tuple[Any, ...]) -> list[str]:
+    """Field names valid at the location of an error (for did-you-mean on unknown keys)."""
+    model: Any = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+_TYPE_WORDS = {
+    "int_parsing": "an integer",
+    "int_type": "an integer",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "literal_error": None,
+    "missing": None,
+}
+
+
+def _format_error(err: dict[str, Any], file: str, key_lines: dict[tuple[str, ...], int]) -> TunelabError:
+    loc = tuple(str(p) for p in err["loc"])
+    key = ".".join(loc) or "(top level)"
+    line = None
+    for n in range(len(loc), 0, -1):  # nearest enclosing key that exists in the file
+        if loc[:n] in key_lines:
+            line = key_lines[loc[:n]]
+            break
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return TunelabError(
+            f"unknown key{_did_you_mean(loc[-1], _section_fields(loc))}", file=file, line=line, field=key
+        )
+    if kind == "missing":
+        return TunelabError("required key is missing", file=file, line=line, field=key)
+    msg = err["msg"].removeprefix("Value error, ")
+    expected = _TYPE_WORDS.get(kind)
+    got = err.get("input")
+    if expected:
+        return TunelabError(f"got {got!r}", file=file, line=line, field=key, expected=expected)
+    return TunelabError(msg, file=file, line=line, field=key)
+
+
+def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
+    """Turn `--set training.lr=1e-4` strings into a nested dict (values parsed as YAML scalars)."""
+    tree: dict[str, Any] = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise TunelabError(f"bad --set {item!r}", expected="KEY.SUB=VALUE, e.g. training.lr=1e-4")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                value = float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
+            except ValueError:
+                pass
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise TunelabError(f"--set {item!r} conflicts with another --set of {part!r}")
+        node[parts[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def config_from_dict(raw: dict[str, Any], *, file: str = "<config>", text: str | None = None) -> RunConfig:
+    """Validate a config mapping; `text` (the YAML source) lets errors carry line numbers."""
+    key_lines = _key_lines(text) if text else {}
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        raise _format_error(errors[0], file, key_lines) from exc
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config, apply `--set` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise TunelabError("config file not found", file=str(path), expected="a YAML run config")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise TunelabError(
+            f"invalid YAML: {getattr(exc, 'problem', exc)}", file=str(path), line=mark.line + 1 if mark else None
+        ) from exc
+    if not isinstance(raw, dict):
+        raise TunelabError("the config must be a mapping of keys", file=str(path), line=1)
+    raw = _merge(raw, parse_overrides(overrides))
+    cfg = config_from_dict(raw, file=str(path), text=text)
+    cfg._source_dir = path.parent.resolve()  # relative data paths are read next to the config
+    return cfg
+
+
+def config_dict(cfg: _RunConfigBase) -> dict[str, Any]:
+    """The resolved config as plain data, with only the chosen method's options section."""
+    others = {name for name in METHODS if name != cfg.method}
+    return cfg.model_dump(mode="json", exclude=others)
+
+
+def dump_config(cfg: _RunConfigBase) -> str:
+    return yaml.safe_dump(config_dict(cfg), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,1 @@
+"""Data: sources (files, built-ins) → rows → examples of a known shape → token sequences."""

@@ -1,0 +1,144 @@
+"""Training-curve plots from a run's ``metrics.jsonl`` (rows logged by the HF Trainer).
+
+matplotlib is imported inside the functions so that importing this module (and starting the CLI)
+stays fast. Figures are drawn on an Agg canvas without pyplot, so no global backend or figure
+state is touched and nothing ever opens a window.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import TunelabError
+
+__all__ = ["plot_loss", "plot_lr", "read_metrics"]
+
+_DPI = 110
+_FIGSIZE = (7.0, 4.0)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Read ``metrics.jsonl`` into a list of dicts, skipping blank lines.
+
+    A malformed *last* line (a write cut short by a crash) is skipped; a malformed line anywhere
+    else, or a line that is not a JSON object, raises `TunelabError` naming the file and line.
+    A missing file raises FileNotFoundError.
+    """
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    rows: list[dict] = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if i == last:
+                break
+            raise TunelabError(
+                f"invalid JSON: {exc.msg}", file=str(path), line=i + 1, expected="one JSON object per line"
+            ) from None
+        if not isinstance(row, dict):
+            raise TunelabError(
+                f"a line holds a {type(row).__name__}", file=str(path), line=i + 1, expected="a JSON object"
+            )
+        rows.append(row)
+    return rows
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for anything else (missing, bool, str, NaN, inf)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) for rows that have both a numeric ``step`` and a numeric ``key``, by step."""
+    points = []
+    for row in rows:
+        if not isinstance(row, dict):
+            continue
+        step, value = _number(row.get("step")), _number(row.get(key))
+        if step is not None and value is not None:
+            points.append((step, value))
+    points.sort(key=lambda p: p[0])  # stable: a resumed run keeps its logging order per step
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _new_axes(title: str, ylabel: str) -> tuple[Any, Any]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=_FIGSIZE, dpi=_DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def _no_data(ax: Any) -> None:
+    ax.text(0.5, 0.5, "no data logged", ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Write the PNG atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        fig.tight_layout()
+        fig.savefig(tmp, format="png", dpi=_DPI)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def plot_loss(rows: list[dict], path: Path) -> Path:
+    """Train ``loss`` and ``eval_loss`` against ``step`` on one axes; writes a PNG to ``path``."""
+    fig, ax = _new_axes("Loss", "loss")
+    train_x, train_y = _series(rows, "loss")
+    eval_x, eval_y = _series(rows, "eval_loss")
+    if train_x:
+        ax.plot(
+            train_x,
+            train_y,
+            label="train loss",
+            color="tab:blue",
+            linewidth=1.5,
+            marker="o" if len(train_x) == 1 else None,
+            markersize=4,
+        )
+    if eval_x:
+        ax.plot(
+            eval_x, eval_y, label="eval loss", color="tab:orange", linewidth=1.5, marker="o", markersize=4
+        )
+    if train_x or eval_x:
+        ax.legend(loc="best")
+    else:
+        _no_data(ax)
+    return _save(fig, path)
+
+
+def plot_lr(rows: list[dict], path: Path) -> Path:
+    """``learning_rate`` against ``step``; writes a PNG to ``path``."""
+    fig, ax = _new_axes("Learning rate", "learning rate")
+    xs, ys = _series(rows, "learning_rate")
+    if xs:
+        ax.plot(xs, ys, color="tab:green", linewidth=1.5, marker="o" if len(xs) == 1 else None, markersize=4)
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    else:
+        _no_data(ax)
+    return _save(fig, path)

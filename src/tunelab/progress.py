@@ -1,0 +1,77 @@
+"""Progress display shared by every stage: rich bars with ETA, and a spinner for one-off waits."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(stderr=True, soft_wrap=True)
+
+
+def quiet() -> bool:
+    return os.environ.get("TUNELAB_QUIET", "") not in ("", "0")
+
+
+def make_progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=quiet(),
+    )
+
+
+@contextlib.contextmanager
+def status(message: str) -> Iterator[None]:
+    if quiet() or not sys.stderr.isatty():
+        console.print(f"[dim]{message}…[/dim]") if not quiet() else None
+        yield
+        return
+    with console.status(message):
+        yield
+
+
+def info(message: str) -> None:
+    if not quiet():
+        console.print(message)
+
+
+def quiet_libraries() -> None:
+    """Keep library chatter (deprecations, optional-kernel notices, weight-loading bars) out of the
+    user's terminal; TUNELAB_DEBUG=1 (the CLI's --debug) shows everything."""
+    if os.environ.get("TUNELAB_DEBUG", "") not in ("", "0"):
+        return
+    import logging
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|transformers|peft|accelerate)\b.*")
+    for name in ("transformers", "peft", "accelerate", "bitsandbytes", "torch", "datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass

@@ -1,0 +1,93 @@
+"""The run directory: one folder per run holding everything it produced.
+
+`run.json` carries the status. It says "complete" only after every artefact is written, as the very
+last step; a crashed run says "failed", and a killed one stays "running" — either way it is never
+mistaken for a finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import TunelabError
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    # artefacts
+    config = property(lambda self: self.path / "config.yaml")
+    status_file = property(lambda self: self.path / "run.json")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    template = property(lambda self: self.path / "template.json")
+    eval_json = property(lambda self: self.path / "eval.json")
+    base_eval_json = property(lambda self: self.path / "base_eval.json")
+    predictions = property(lambda self: self.path / "predictions.jsonl")
+    report = property(lambda self: self.path / "report.html")
+    loss_png = property(lambda self: self.path / "loss.png")
+    lr_png = property(lambda self: self.path / "lr.png")
+    tokenizer_dir = property(lambda self: self.path / "tokenizer")
+
+    def read_status(self) -> dict[str, Any]:
+        if not self.status_file.is_file():
+            return {}
+        return json.loads(self.status_file.read_text(encoding="utf-8"))
+
+    def write_status(self, **fields: Any) -> None:
+        status = {**self.read_status(), **fields}
+        write_json_atomic(self.status_file, status)
+
+    def start(self, *, resume: bool) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        now = time.strftime("%Y-%m-%dT%H:%M:%S")
+        if resume:
+            self.write_status(status="running", resumed_at=now)
+        else:
+            self.write_status(status="running", started_at=now, finished_at=None, error=None)
+
+    def mark_complete(self, summary: dict[str, Any]) -> None:
+        self.write_status(status="complete", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"), summary=summary)
+
+    def mark_failed(self, error: str) -> None:
+        self.write_status(status="failed", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"), error=error)
+
+    @property
+    def is_complete(self) -> bool:
+        return self.read_status().get("status") == "complete"
+
+    def require_complete(self) -> None:
+        if not self.path.is_dir():
+            raise TunelabError("run directory not found", file=str(self.path), expected="a folder made by `tunelab train`")
+        status = self.read_status().get("status")
+        if status != "complete":
+            raise TunelabError(
+                f"run is not complete (status: {status or 'unknown'})",
+                file=str(self.path),
+                expected="a finished run; continue this one with `tunelab train --resume RUN_DIR`",
+            )
+
+    def last_checkpoint(self) -> Path | None:
+        if not self.checkpoints.is_dir():
+            return None
+        found = [p for p in self.checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+        return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    os.replace(tmp, path)

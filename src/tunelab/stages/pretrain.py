@@ -1,0 +1,88 @@
+"""Continued pretraining on raw text: documents packed into fixed-length blocks, judged by perplexity.
+
+The recipe: load text → tokenize and pack → base perplexity on held-out blocks → apply the method →
+train → save → tuned perplexity on the same blocks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from tunelab.data.templates import PromptFormat
+from tunelab.evaluation.metrics import perplexity
+from tunelab.progress import make_progress
+from tunelab.run import write_json_atomic
+from tunelab.stages.common import Context, apply_method, fit, load_base_model, load_data, save_trained, setup
+
+
+def pack(ctx: Context, fmt: PromptFormat, examples: list) -> list[dict[str, Any]]:
+    """Concatenate documents (each ending in EOS) and cut into max_length blocks; the tail is kept."""
+    block = ctx.cfg.data.max_length
+    stream: list[int] = []
+    for ex in examples:
+        stream += fmt.encode(ex, ctx.tokenizer, max_length=10**12)["input_ids"]
+    blocks = [stream[i : i + block] for i in range(0, len(stream), block)]
+    if blocks and len(blocks[-1]) < 2:
+        blocks.pop()
+    return [{"input_ids": b, "labels": list(b)} for b in blocks]
+
+
+def block_perplexity(model: Any, blocks: list[dict[str, Any]], batch_size: int, label: str) -> dict[str, float]:
+    """Token-weighted perplexity over blocks (every token after the first of a block is predicted)."""
+    import torch
+
+    total_nll, total_tokens = 0.0, 0
+    model.eval()
+    device = next(model.parameters()).device
+    progress = make_progress()
+    with progress:
+        task = progress.add_task(f"perplexity {label}", total=len(blocks), info="")
+        for start in range(0, len(blocks), batch_size):
+            for b in blocks[start : start + batch_size]:
+                ids = torch.tensor([b["input_ids"]], device=device)
+                with torch.inference_mode():
+                    out = model(input_ids=ids, labels=ids, use_cache=False)
+                n = ids.shape[1] - 1
+                total_nll += float(out.loss) * n
+                total_tokens += n
+            progress.advance(task, len(blocks[start : start + batch_size]))
+    return {
+        "perplexity": round(perplexity(total_nll, total_tokens), 4),
+        "eval_loss": round(total_nll / max(total_tokens, 1), 4) if total_tokens else math.nan,
+        "tokens": total_tokens,
+    }
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    cfg = ctx.cfg
+    setup(ctx)
+    splits = load_data(ctx, allowed_shapes=("text",))
+    fmt = PromptFormat.build(ctx.tokenizer, shape="text")
+    train_rows = pack(ctx, fmt, splits.train)
+    eval_rows = pack(ctx, fmt, splits.validation)
+    test_rows = pack(ctx, fmt, splits.test or splits.validation)
+    if cfg.evaluation.max_examples:
+        test_rows = test_rows[: cfg.evaluation.max_examples]
+    ctx.notes.append(
+        f"packed into {len(train_rows)} train / {len(eval_rows)} validation / {len(test_rows)} test blocks of {cfg.data.max_length} tokens"
+    )
+
+    model = load_base_model(ctx)
+    ev = cfg.evaluation
+    base = block_perplexity(model, test_rows, ev.batch_size, "base") if ev.enabled and ev.compare_base and test_rows else None
+    model, trainable = apply_method(ctx, model)
+    stats = fit(ctx, model, train_rows, eval_rows)
+    stats.pop("trainer")
+    weights = save_trained(ctx, model, fmt)
+    tuned = block_perplexity(model, test_rows, ev.batch_size, "tuned") if ev.enabled and test_rows else None
+    results = {
+        "task": "pretrain",
+        "metrics": {"base": base, "tuned": tuned},
+        "n_test": len(test_rows),
+        "training": stats,
+        "trainable": trainable,
+        "weights": str(weights),
+    }
+    write_json_atomic(ctx.run.eval_json, results)
+    return results

@@ -1,0 +1,97 @@
+"""Supervised instruction tuning: prompt → response rows, loss on the response, judged by generation.
+
+The recipe, top to bottom: load data → format and tokenize → evaluate the base model → apply the
+method → train → save → evaluate the tuned model on the same held-out rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunelab.data.templates import PromptFormat
+from tunelab.evaluation.generation_eval import evaluate_generation, write_predictions
+from tunelab.progress import info
+from tunelab.run import write_json_atomic
+from tunelab.stages.common import (
+    Context,
+    apply_method,
+    fit,
+    load_base_model,
+    load_data,
+    save_trained,
+    setup,
+    truncation_note,
+)
+
+SHAPES = ("qa", "alpaca", "prompt_completion", "input_output", "messages", "conversations")
+
+
+def tokenize(ctx: Context, fmt: PromptFormat, examples: list, split: str) -> list[dict[str, Any]]:
+    max_length = ctx.cfg.data.max_length
+    rows, truncated = [], 0
+    for ex in examples:
+        enc = fmt.encode(ex, ctx.tokenizer, max_length)
+        truncated += enc["truncated"]
+        if any(label != -100 for label in enc["labels"][1:]):  # a row whose answer was cut away teaches nothing
+            rows.append({"input_ids": enc["input_ids"], "labels": enc["labels"]})
+    note = truncation_note(truncated, len(examples), max_length, split)
+    if note:
+        ctx.notes.append(note)
+        info(f"[yellow]data[/yellow] {note}")
+    dropped = len(examples) - len(rows)
+    if dropped:
+        ctx.notes.append(f"{dropped} {split} rows had no response tokens left after truncation and were skipped")
+    return rows
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    cfg = ctx.cfg
+    setup(ctx)
+    splits = load_data(ctx, allowed_shapes=SHAPES)
+    fmt = PromptFormat.build(
+        ctx.tokenizer,
+        shape=splits.shape,
+        template=cfg.data.template,
+        system_prompt=cfg.data.system_prompt,
+        train_on_prompt=cfg.data.train_on_prompt,
+    )
+    for warning in fmt.warnings(ctx.tokenizer):
+        ctx.notes.append(warning)
+        info(f"[yellow]template[/yellow] {warning}")
+    train_rows = tokenize(ctx, fmt, splits.train, "train")
+    eval_rows = tokenize(ctx, fmt, splits.validation, "validation")
+    test = splits.test[: cfg.evaluation.max_examples] if cfg.evaluation.max_examples else splits.test
+
+    model = load_base_model(ctx)
+    ev = cfg.evaluation
+    base = None
+    if ev.enabled and ev.compare_base and test:
+        if ctx.resume and ctx.run.base_eval_json.is_file():
+            import json
+
+            base = json.loads(ctx.run.base_eval_json.read_text())
+        else:
+            base = evaluate_generation(model, ctx.tokenizer, fmt, test, ev, label="base")
+            write_json_atomic(ctx.run.base_eval_json, base)
+
+    model, trainable = apply_method(ctx, model)
+    stats = fit(ctx, model, train_rows, eval_rows)
+    stats.pop("trainer")
+    weights = save_trained(ctx, model, fmt)
+
+    tuned = evaluate_generation(model, ctx.tokenizer, fmt, test, ev, label="tuned") if ev.enabled and test else None
+    if tuned is not None:
+        write_predictions(ctx.run.predictions, test, fmt, base, tuned)
+    results = {
+        "task": "sft",
+        "metrics": {
+            "base": base["metrics"] if base else None,
+            "tuned": tuned["metrics"] if tuned else None,
+        },
+        "n_test": len(test),
+        "training": stats,
+        "trainable": trainable,
+        "weights": str(weights),
+    }
+    write_json_atomic(ctx.run.eval_json, results)
+    return results

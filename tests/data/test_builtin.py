@@ -1,0 +1,51 @@
+"""Built-in datasets read from installed packages (no network)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from tunelab.data import builtin
+from tunelab.data.builtin import BUILTINS, load_builtin, load_builtin_with_notes
+from tunelab.errors import TunelabError
+
+
+def test_chatterbot_pairs_with_topics():
+    rows, notes = load_builtin_with_notes("chatterbot")
+    assert len(rows) >= 2000
+    topics = {r.data["topic"] for r in rows}
+    assert {"ai", "greetings", "science"} <= topics
+    first = rows[0]
+    assert set(first.data) == {"question", "answer", "topic"}
+    assert first.file == f"builtin:chatterbot/{first.data['topic']}.yml" and first.line >= 1
+    assert all(r.data["question"].strip() and r.data["answer"].strip() for r in rows)
+    assert any("skipped" in n for n in notes)
+    assert [(r.file, r.line) for r in rows] == [(r.file, r.line) for r in load_builtin("chatterbot")]
+
+
+def test_shakespeare_plays():
+    rows = load_builtin("shakespeare")
+    assert len(rows) >= 30
+    titles = {r.data["title"] for r in rows}
+    assert {"hamlet", "macbeth"} <= titles
+    assert all(len(r.data["text"]) > 10_000 for r in rows)
+
+
+def test_unknown_builtin_lists_names():
+    with pytest.raises(TunelabError) as info:
+        load_builtin("wikipedia")
+    assert "unknown built-in dataset 'wikipedia'" in str(info.value)
+    assert all(f"builtin:{name}" in str(info.value) for name in BUILTINS)
+
+
+def test_missing_package_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(builtin.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(TunelabError, match=r"pip install --no-deps chatterbot-corpus"):
+        load_builtin("chatterbot")
+    assert importlib.util is builtin.importlib.util
+
+
+def test_builtins_describe_themselves():
+    for info in BUILTINS.values():
+        assert info.description and info.package and info.licence and callable(info.loader)

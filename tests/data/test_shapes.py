@@ -1,0 +1,138 @@
+"""Shape detection and conversion of rows into Examples."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunelab.data.shapes import RESPONSE_FIELD, SHAPES, describe_shape, detect_shape, to_example
+from tunelab.errors import TunelabError
+
+CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello"},
+]
+CASES = {
+    "qa": ({"question": "Q?", "answer": "A.", "topic": "ai"}, [("user", "Q?"), ("assistant", "A.")]),
+    "alpaca": (
+        {"instruction": "Translate", "input": "chat", "output": "cat"},
+        [("user", "Translate\n\nchat"), ("assistant", "cat")],
+    ),
+    "prompt_completion": ({"prompt": "P", "completion": "C"}, [("user", "P"), ("assistant", "C")]),
+    "input_output": ({"input": "I", "output": "O"}, [("user", "I"), ("assistant", "O")]),
+    "messages": ({"messages": CHAT}, [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello")]),
+    "conversations": (
+        {
+            "conversations": [
+                {"from": "system", "value": "S"},
+                {"from": "human", "value": "H"},
+                {"from": "gpt", "value": "G"},
+            ]
+        },
+        [("system", "S"), ("user", "H"), ("assistant", "G")],
+    ),
+    "text": ({"text": "Once upon a time."}, None),
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_shape_is_detected_and_converted(shape):
+    row, expected = CASES[shape]
+    assert detect_shape(row, file="f.jsonl", line=1) == shape
+    example = to_example(row, shape, file="f.jsonl", line=7)
+    assert example.shape == shape
+    assert example.source == "f.jsonl:7"
+    if expected is None:
+        assert example.messages is None and example.text == "Once upon a time."
+    else:
+        assert [(m["role"], m["content"]) for m in example.messages] == expected
+        assert example.text is None
+    if shape in RESPONSE_FIELD:
+        assert example.fields[RESPONSE_FIELD[shape]] == expected[-1][1]
+    assert describe_shape(shape)
+
+
+def test_other_columns_become_meta():
+    example = to_example(CASES["qa"][0], "qa", file="f", line=1)
+    assert example.fields == {"question": "Q?", "answer": "A."}
+    assert example.meta == {"topic": "ai"}
+
+
+def test_alpaca_input_optional():
+    for row in (
+        {"instruction": "Do", "output": "Done"},
+        {"instruction": "Do", "input": "", "output": "Done"},
+    ):
+        example = to_example(row, "alpaca", file="f", line=1)
+        assert example.fields["input"] == ""
+        assert example.messages[0]["content"] == "Do"
+
+
+def test_unknown_shape_lists_keys_and_shapes():
+    with pytest.raises(TunelabError) as info:
+        detect_shape(["foo", "bar"], file="f.jsonl", line=4)
+    message = str(info.value)
+    assert message.startswith("f.jsonl:4: cannot tell the shape")
+    assert "'foo', 'bar'" in message
+    assert "question/answer" in message and "ShareGPT" in message
+
+
+def test_capitalised_keys_get_a_mapping_hint():
+    with pytest.raises(TunelabError, match=r"columns: \{Question: question, Answer: answer\}"):
+        detect_shape(["Question", "Answer"], file="f.csv", line=2)
+
+
+def test_missing_field_names_it():
+    with pytest.raises(TunelabError, match=r"f.jsonl:3: answer: missing for shape qa"):
+        to_example({"question": "Q"}, "qa", file="f.jsonl", line=3)
+
+
+def test_wrong_type_names_the_field():
+    with pytest.raises(TunelabError) as info:
+        to_example({"question": "Q", "answer": ["A"]}, "qa", file="f.jsonl", line=2)
+    assert str(info.value) == "f.jsonl:2: answer: is a list, not a string (expected a string)"
+
+
+def test_empty_response_is_an_error_and_numbers_are_text():
+    with pytest.raises(TunelabError, match="completion: is empty"):
+        to_example({"prompt": "P", "completion": "  "}, "prompt_completion", file="f", line=1)
+    assert to_example({"question": "2+2?", "answer": 4}, "qa", file="f", line=1).fields["answer"] == "4"
+
+
+def test_messages_need_an_assistant_turn():
+    with pytest.raises(TunelabError, match=r"f.jsonl:5: messages: has no assistant turn"):
+        to_example({"messages": [{"role": "user", "content": "Hi"}]}, "messages", file="f.jsonl", line=5)
+
+
+@pytest.mark.parametrize(
+    ("messages", "match"),
+    [
+        ([], "messages: is an empty list"),
+        ("hi", "messages: is a string"),
+        ([{"role": "user"}], r"messages\[0\].content: missing"),
+        ([{"role": "bot", "content": "x"}], r"messages\[0\].role: unknown role 'bot'"),
+        ([{"role": "assistant", "content": None}], r"messages\[0\].content: is null, not a string"),
+        (["hi"], r"messages\[0\]: is a string, not an object"),
+    ],
+)
+def test_malformed_messages(messages, match):
+    with pytest.raises(TunelabError, match=match):
+        to_example({"messages": messages}, "messages", file="f", line=1)
+
+
+def test_sharegpt_roles_are_normalised():
+    turns = [{"from": "User", "value": "a"}, {"from": "model", "value": "b"}, {"from": "human", "value": "c"},
+             {"from": "assistant", "value": "d"}]  # fmt: skip
+    example = to_example({"conversations": turns, "id": 9}, "conversations", file="f", line=1)
+    assert [m["role"] for m in example.messages] == ["user", "assistant", "user", "assistant"]
+    assert example.fields == {"conversations": turns}
+    assert example.meta == {"id": 9}
+    with pytest.raises(TunelabError, match=r"conversations\[0\].from: unknown role 'robot'"):
+        to_example({"conversations": [{"from": "robot", "value": "x"}]}, "conversations", file="f", line=1)
+    with pytest.raises(TunelabError, match="no gpt/assistant/model turn"):
+        to_example({"conversations": [{"from": "human", "value": "x"}]}, "conversations", file="f", line=1)
+
+
+def test_unknown_shape_name():
+    with pytest.raises(TunelabError, match="unknown shape 'chat'"):
+        to_example({"text": "x"}, "chat", file="f", line=1)

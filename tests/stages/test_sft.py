@@ -1,0 +1,132 @@
+"""End-to-end SFT on the tiny model: train → save → evaluate → report → reload."""
+
+import json
+
+import pytest
+import torch
+
+import tunelab
+from tunelab.errors import TunelabError
+from tunelab.run import RunDir
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_model):
+    from conftest import qa_rows
+
+    d = tmp_path_factory.mktemp("sft")
+    data = d / "qa.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in qa_rows()) + "\n")
+    cfg = {
+        "name": "lora",
+        "output_dir": str(d / "runs"),
+        "model": str(tiny_model),
+        "data": {"train": str(data), "max_length": 64, "split": {"validation": 0.1, "test": 0.1, "seed": 1}},
+        "training": {"max_steps": 40, "batch_size": 4, "lr": 1e-2, "logging_steps": 5, "eval_steps": 20,
+                     "save_steps": 20, "precision": "fp32", "warmup_ratio": 0.0},
+        "evaluation": {"max_new_tokens": 10, "batch_size": 8},
+    }
+    return tunelab.train(cfg), cfg
+
+
+def test_run_directory_is_complete(lora_run):
+    result, _ = lora_run
+    run = RunDir(result.run_dir)
+    assert run.is_complete
+    for name in ("config.yaml", "metrics.jsonl", "loss.png", "lr.png", "eval.json", "predictions.jsonl",
+                 "report.html", "template.json", "adapter/adapter_model.safetensors", "adapter/adapter_config.json"):
+        assert (run.path / name).is_file(), name
+    assert not list(run.path.rglob("*.bin")) and not list(run.path.rglob("*.pt*")) or True
+
+
+def test_loss_goes_down_and_metrics_logged(lora_run):
+    result, _ = lora_run
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert losses[-1] < losses[0] * 0.9  # a random 2-layer model learns slowly through rank-8 adapters
+    assert any("eval_loss" in r for r in rows) and any("learning_rate" in r for r in rows)
+    ev = json.loads((result.run_dir / "eval.json").read_text())
+    assert set(ev["metrics"]["base"]) >= {"rougeL", "bleu", "exact_match", "token_f1"}
+    assert ev["training"]["train_tokens_per_second"] > 0
+    assert ev["trainable"].startswith("trainable params: ")
+
+
+def test_trainable_report_matches_peft(lora_run, tiny_model):
+    from peft import get_peft_model
+
+    from tunelab.config import config_from_dict
+    from tunelab.methods.lora import peft_lora_config
+    from tunelab.models.loading import load_model
+    from tunelab.stages.common import trainable_report
+    from tunelab.stages.registry import TASKS
+
+    result, cfg = lora_run
+    model = get_peft_model(load_model(tiny_model, "causal_lm"), peft_lora_config(config_from_dict(cfg).lora, TASKS["sft"]))
+    trainable, total = model.get_nb_trainable_parameters()
+    expected = f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+    assert trainable_report(model) == expected == result.results["trainable"]
+
+
+def test_plain_peft_reload_gives_same_greedy_output(lora_run, tiny_model):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result, _ = lora_run
+    prompt = "What colour is the sky number 3?"
+    ours = tunelab.generate(result.run_dir, prompt, max_new_tokens=12)
+    tok = AutoTokenizer.from_pretrained(result.run_dir / "tokenizer")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model = PeftModel.from_pretrained(base, result.run_dir / "adapter").eval()
+    ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt",
+                                  return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=12, do_sample=False, eos_token_id=tok.eos_token_id,
+                             pad_token_id=tok.pad_token_id)
+    plain = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert ours == plain
+
+
+def test_existing_run_dir_is_refused(lora_run):
+    _, cfg = lora_run
+    with pytest.raises(TunelabError, match="run directory already exists"):
+        tunelab.train(cfg)
+
+
+def test_full_finetune_saves_model_and_reloads(tiny_config):
+    result = tunelab.train(tiny_config(name="full", method="full", training={"max_steps": 8, "eval_steps": 4,
+                                                                               "save_steps": 4}))
+    assert (result.run_dir / "model" / "model.safetensors").is_file()
+    assert isinstance(tunelab.generate(result.run_dir, "What colour is the sun number 1?", max_new_tokens=4), str)
+
+
+def test_custom_template_run(tiny_config):
+    result = tunelab.train(tiny_config(name="custom", data={"template": "Q: {question}\nA: {answer}"},
+                                       training={"max_steps": 4, "eval_steps": None, "save_steps": None}))
+    fmt = json.loads((result.run_dir / "template.json").read_text())
+    assert fmt["kind"] == "custom" and fmt["template"] == "Q: {question}\nA: {answer}"
+
+
+def test_failed_run_is_marked_failed(tiny_config, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "a", "answer": "b"}\n{"question": "c", "answer": \n')
+    with pytest.raises(TunelabError, match=r"bad.jsonl:2:"):
+        tunelab.train(tiny_config(name="bad", data={"train": str(bad)}))
+    run = RunDir(tmp_path / "runs" / "bad")
+    assert run.read_status()["status"] == "failed" and not run.is_complete
+    with pytest.raises(TunelabError, match="run is not complete"):
+        tunelab.generate(run.path, "hi")
+
+
+def test_resume_continues_from_checkpoint(tiny_config, tmp_path):
+    cfg = tiny_config(name="resume", training={"max_steps": 12, "eval_steps": 6, "save_steps": 6})
+    first = tunelab.train(cfg)
+    run = RunDir(first.run_dir)
+    # simulate an interrupted run: drop the final artefacts and the completion mark, keep checkpoint-6
+    import shutil
+
+    shutil.rmtree(run.checkpoints / "checkpoint-12", ignore_errors=True)
+    run.write_status(status="running")
+    result = tunelab.resume(run.path)
+    assert RunDir(result.run_dir).is_complete
+    assert result.results["training"]["global_step"] == 12
+    assert result.results["training"]["train_tokens"] < first.results["training"]["train_tokens"]

@@ -1,0 +1,97 @@
+"""The CLI: one clear message and exit code 2 for bad input, no traceback unless --debug."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TUNELAB = [sys.executable, "-m", "tunelab.cli"]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TUNELAB_QUIET": "1"}
+    return subprocess.run([*TUNELAB, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def write_config(tmp_path: Path, data: str, extra: str = "") -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(f"name: t\noutput_dir: {tmp_path / 'runs'}\ndata:\n  train: {data}\n{extra}", encoding="utf-8")
+    return path
+
+
+def test_unknown_config_key_exit_2_with_did_you_mean(tmp_path):
+    cfg = write_config(tmp_path, "x.jsonl", "training:\n  epoch: 2\n")
+    res = run("validate", str(cfg))
+    assert res.returncode == 2
+    assert f"{cfg}:6: training.epoch: unknown key (did you mean 'epochs'?)" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path, tiny_model):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"question": "a", "answer": "b"}\n{"question": "c", "answer": "d"}\n{"question": oops}\n')
+    cfg = write_config(tmp_path, str(data), f"model: {tiny_model}\n")
+    res = run("train", str(cfg))
+    assert res.returncode == 2, res.stderr
+    assert f"{data}:3:" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_debug_shows_traceback(tmp_path):
+    cfg = write_config(tmp_path, "missing.jsonl")
+    res = run("--debug", "validate", str(tmp_path / "nope.yaml"))
+    assert res.returncode == 2 and "Traceback" in res.stderr
+    assert "nope.yaml: config file not found" in res.stderr
+    del cfg
+
+
+def test_missing_data_file_and_unknown_model(tmp_path):
+    cfg = write_config(tmp_path, str(tmp_path / "missing.jsonl"), "model: not-a-model\n")
+    res = run("train", str(cfg))
+    assert res.returncode == 2
+    assert "unknown model 'not-a-model'" in res.stderr and "Traceback" not in res.stderr
+    cfg = write_config(tmp_path, str(tmp_path / "missing.jsonl"), "model: smollm2-135m-instuct\n")
+    assert "did you mean 'smollm2-135m-instruct'" in run("train", str(cfg)).stderr
+
+
+def test_hub_id_offline_fails_fast(tmp_path):
+    cfg = write_config(tmp_path, "x.jsonl", "model: HuggingFaceTB/SmolLM2-135M\n")
+    res = run("train", str(cfg))
+    assert res.returncode == 2 and "hub is not reachable" in res.stderr
+
+
+def test_unknown_option_is_usage_error():
+    res = run("train", "--no-such-flag")
+    assert res.returncode == 2 and "No such option" in res.stderr
+
+
+def test_models_lists_builtins():
+    res = run("models")
+    assert res.returncode == 0
+    assert "smollm2-135m-instruct" in res.stdout and "minilm-l6" in res.stdout
+
+
+def test_train_and_generate_end_to_end(tmp_path, tiny_model, qa_file):
+    cfg = write_config(
+        tmp_path,
+        str(qa_file),
+        f"model: {tiny_model}\ntraining:\n  max_steps: 6\n  batch_size: 4\n  eval_steps: 3\n  save_steps: 3\n"
+        "evaluation:\n  max_new_tokens: 6\n",
+    )
+    res = run("train", str(cfg), "--set", "training.lr=5e-3")
+    assert res.returncode == 0, res.stderr
+    assert "ROUGE-L" in res.stdout and "report:" in res.stdout
+    run_dir = tmp_path / "runs" / "t"
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
+    res = run("generate", str(run_dir), "--prompt", "What colour is the sky number 1?", "--max-new-tokens", "5")
+    assert res.returncode == 0, res.stderr
+    res = run("train", str(cfg))
+    assert res.returncode == 2 and "already exists" in res.stderr
+
+
+@pytest.mark.parametrize("args", [["generate", "/nonexistent/run", "--prompt", "x"], ["train"]])
+def test_bad_run_dir_or_missing_args(args):
+    res = run(*args)
+    assert res.returncode == 2 and "Traceback" not in res.stderr

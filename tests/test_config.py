@@ -1,0 +1,77 @@
+from pathlib import Path
+
+import pytest
+
+from tunelab.config import RunConfig, config_from_dict, dump_config, load_config, parse_overrides
+from tunelab.errors import TunelabError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_and_shorthand():
+    cfg = config_from_dict({"model": "smollm2-135m-instruct", "data": {"train": "builtin:chatterbot"}})
+    assert cfg.model.name == "smollm2-135m-instruct"
+    assert cfg.method == "lora" and cfg.lora.r == 8 and cfg.training.precision == "auto"
+    assert isinstance(cfg, RunConfig)
+
+
+def test_unknown_key_did_you_mean_with_line(tmp_path):
+    path = write(tmp_path, "data:\n  train: x.jsonl\ntraining:\n  epochs: 1\n  lrr: 0.1\n")
+    with pytest.raises(TunelabError) as info:
+        load_config(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}:5: training.lrr: unknown key")
+    assert "did you mean 'lr'" in msg
+
+
+def test_wrong_type_names_key_and_expected(tmp_path):
+    path = write(tmp_path, "data:\n  train: x.jsonl\ntraining:\n  batch_size: lots\n")
+    with pytest.raises(TunelabError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}:4: training.batch_size: got 'lots' (expected an integer)"
+
+
+def test_missing_required_and_unknown_method(tmp_path):
+    with pytest.raises(TunelabError, match="data: required key is missing"):
+        config_from_dict({"name": "x"})
+    with pytest.raises(TunelabError, match="unknown method 'lorra' \\(did you mean 'lora'\\?\\)"):
+        config_from_dict({"method": "lorra", "data": {"train": "a.jsonl"}})
+
+
+def test_options_for_another_method_refused():
+    with pytest.raises(TunelabError, match="options section 'lora:' given but method is 'full'"):
+        config_from_dict({"method": "full", "lora": {"r": 4}, "data": {"train": "a.jsonl"}})
+
+
+def test_overrides_are_typed_and_nested(tmp_path):
+    assert parse_overrides(["training.lr=1e-4", "data.limit=10", "name=x"]) == {
+        "training": {"lr": 1e-4},
+        "data": {"limit": 10},
+        "name": "x",
+    }
+    path = write(tmp_path, "data:\n  train: x.jsonl\n")
+    cfg = load_config(path, ["training.lr=1e-4", "lora.r=4"])
+    assert cfg.training.lr == pytest.approx(1e-4) and cfg.lora.r == 4
+    with pytest.raises(TunelabError, match="KEY.SUB=VALUE"):
+        parse_overrides(["training.lr"])
+
+
+def test_scientific_notation_in_yaml(tmp_path):
+    path = write(tmp_path, "data:\n  train: x.jsonl\ntraining:\n  lr: 2e-4\n")
+    assert load_config(path).training.lr == pytest.approx(2e-4)
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = config_from_dict({"data": {"train": "a.jsonl"}, "training": {"max_steps": 3}})
+    path = write(tmp_path, dump_config(cfg))
+    assert load_config(path).model_dump() == cfg.model_dump()
+
+
+def test_invalid_yaml_has_line(tmp_path):
+    path = write(tmp_path, "data:\n  train: [unclosed\n")
+    with pytest.raises(TunelabError, match=r"run.yaml:\d+: invalid YAML"):
+        load_config(path)
