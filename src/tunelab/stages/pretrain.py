@@ -28,6 +28,17 @@ def pack(ctx: Context, fmt: PromptFormat, examples: list) -> list[dict[str, Any]
     return [{"input_ids": b, "labels": list(b)} for b in blocks]
 
 
+def carve_blocks(blocks: list[dict[str, Any]], split: Any) -> tuple[list, list, list]:
+    import random
+
+    order = list(blocks)
+    random.Random(split.seed).shuffle(order)
+    n = len(order)
+    n_val = max(1, round(n * split.validation)) if split.validation > 0 and n >= 3 else 0
+    n_test = max(1, round(n * split.test)) if split.test > 0 and n >= 3 else 0
+    return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
+
+
 def block_perplexity(model: Any, blocks: list[dict[str, Any]], batch_size: int, label: str) -> dict[str, float]:
     """Token-weighted perplexity over blocks (every token after the first of a block is predicted)."""
     import torch
@@ -62,6 +73,10 @@ def run(ctx: Context) -> dict[str, Any]:
     train_rows = pack(ctx, fmt, splits.train)
     eval_rows = pack(ctx, fmt, splits.validation)
     test_rows = pack(ctx, fmt, splits.test or splits.validation)
+    if not eval_rows and not test_rows:
+        # too few documents to hold whole ones out (e.g. one .txt file): hold out blocks instead
+        train_rows, eval_rows, test_rows = carve_blocks(train_rows, cfg.data.split)
+        ctx.notes.append("held-out blocks were carved from the packed text (too few documents to split by document)")
     if cfg.evaluation.max_examples:
         test_rows = test_rows[: cfg.evaluation.max_examples]
     ctx.notes.append(
