@@ -114,18 +114,14 @@ class _RunConfigBase(Section):
     def _model_shorthand(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
 
-    @field_validator("task")
+    @field_validator("task", "method")
     @classmethod
-    def _known_task(cls, v: str) -> str:
-        if v not in TASKS:
-            raise ValueError(f"unknown task {v!r}{_did_you_mean(v, TASKS)}; expected one of {', '.join(TASKS)}")
-        return v
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, v: str) -> str:
-        if v not in METHODS:
-            raise ValueError(f"unknown method {v!r}{_did_you_mean(v, METHODS)}; expected one of {', '.join(METHODS)}")
+    def _registered(cls, v: str, info: Any) -> str:
+        table = TASKS if info.field_name == "task" else METHODS
+        if v not in table:
+            raise ValueError(
+                f"unknown {info.field_name} {v!r}{_did_you_mean(v, table)}; expected one of {', '.join(table)}"
+            )
         return v
 
     @model_validator(mode="after")

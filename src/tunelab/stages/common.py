@@ -192,6 +192,29 @@ def save_trained(ctx: Context, model: Any, fmt: Any) -> Path:
     return directory
 
 
+def train_and_save(ctx: Context, model: Any, train_rows: list, eval_rows: list, fmt: Any) -> dict[str, Any]:
+    """Apply the method, train, save: the middle of every recipe. Returns the model and what happened."""
+    model, trainable = apply_method(ctx, model)
+    stats = fit(ctx, model, train_rows, eval_rows)
+    stats.pop("trainer")
+    weights = save_trained(ctx, model, fmt)
+    return {"model": model, "trainable": trainable, "training": stats, "weights": str(weights)}
+
+
+def write_results(ctx: Context, trained: dict[str, Any], *, base: Any, tuned: Any, n_test: int) -> dict[str, Any]:
+    """eval.json: base and tuned metrics side by side, with how training went."""
+    from tunelab.run import write_json_atomic
+
+    results = {
+        "task": ctx.cfg.task,
+        "metrics": {"base": base, "tuned": tuned},
+        "n_test": n_test,
+        **{k: v for k, v in trained.items() if k != "model"},
+    }
+    write_json_atomic(ctx.run.eval_json, results)
+    return results
+
+
 def truncation_note(n_truncated: int, n: int, max_length: int, split: str) -> str | None:
     if not n_truncated:
         return None

@@ -12,8 +12,7 @@ from typing import Any
 from tunelab.data.templates import PromptFormat
 from tunelab.evaluation.metrics import perplexity
 from tunelab.progress import make_progress
-from tunelab.run import write_json_atomic
-from tunelab.stages.common import Context, apply_method, fit, load_base_model, load_data, save_trained, setup
+from tunelab.stages.common import Context, load_base_model, load_data, setup, train_and_save, write_results
 
 
 def pack(ctx: Context, fmt: PromptFormat, examples: list) -> list[dict[str, Any]]:
@@ -86,18 +85,6 @@ def run(ctx: Context) -> dict[str, Any]:
     model = load_base_model(ctx)
     ev = cfg.evaluation
     base = block_perplexity(model, test_rows, ev.batch_size, "base") if ev.enabled and ev.compare_base and test_rows else None
-    model, trainable = apply_method(ctx, model)
-    stats = fit(ctx, model, train_rows, eval_rows)
-    stats.pop("trainer")
-    weights = save_trained(ctx, model, fmt)
-    tuned = block_perplexity(model, test_rows, ev.batch_size, "tuned") if ev.enabled and test_rows else None
-    results = {
-        "task": "pretrain",
-        "metrics": {"base": base, "tuned": tuned},
-        "n_test": len(test_rows),
-        "training": stats,
-        "trainable": trainable,
-        "weights": str(weights),
-    }
-    write_json_atomic(ctx.run.eval_json, results)
-    return results
+    trained = train_and_save(ctx, model, train_rows, eval_rows, fmt)
+    tuned = block_perplexity(trained["model"], test_rows, ev.batch_size, "tuned") if ev.enabled and test_rows else None
+    return write_results(ctx, trained, base=base, tuned=tuned, n_test=len(test_rows))

@@ -14,13 +14,12 @@ from tunelab.progress import info
 from tunelab.run import write_json_atomic
 from tunelab.stages.common import (
     Context,
-    apply_method,
-    fit,
     load_base_model,
     load_data,
-    save_trained,
     setup,
+    train_and_save,
     truncation_note,
+    write_results,
 )
 
 SHAPES = ("qa", "alpaca", "prompt_completion", "input_output", "messages", "conversations")
@@ -74,24 +73,15 @@ def run(ctx: Context) -> dict[str, Any]:
             base = evaluate_generation(model, ctx.tokenizer, fmt, test, ev, label="base")
             write_json_atomic(ctx.run.base_eval_json, base)
 
-    model, trainable = apply_method(ctx, model)
-    stats = fit(ctx, model, train_rows, eval_rows)
-    stats.pop("trainer")
-    weights = save_trained(ctx, model, fmt)
-
+    trained = train_and_save(ctx, model, train_rows, eval_rows, fmt)
+    model = trained["model"]
     tuned = evaluate_generation(model, ctx.tokenizer, fmt, test, ev, label="tuned") if ev.enabled and test else None
     if tuned is not None:
         write_predictions(ctx.run.predictions, test, fmt, base, tuned)
-    results = {
-        "task": "sft",
-        "metrics": {
-            "base": base["metrics"] if base else None,
-            "tuned": tuned["metrics"] if tuned else None,
-        },
-        "n_test": len(test),
-        "training": stats,
-        "trainable": trainable,
-        "weights": str(weights),
-    }
-    write_json_atomic(ctx.run.eval_json, results)
-    return results
+    return write_results(
+        ctx,
+        trained,
+        base=base["metrics"] if base else None,
+        tuned=tuned["metrics"] if tuned else None,
+        n_test=len(test),
+    )
