@@ -132,6 +132,11 @@ def validate(
     err.print(f"[green]ok[/green] {config}")
 
 
+from tunelab.commands import register_all  # noqa: E402  (after the core commands, so help lists them first)
+
+register_all(app)
+
+
 def main() -> None:
     """Entry point: typer reports its own usage errors (exit 2); ours become one line + exit 2."""
     try:

@@ -160,3 +160,19 @@ def perplexity(total_nll: float, total_tokens: int) -> float:
         return math.exp(mean_nll)
     except OverflowError:
         return float("inf")
+
+
+def classification_metrics(predictions: list[int], labels: list[int], label_names: list[str]) -> dict[str, Any]:
+    """Accuracy and macro F1 (×100) with scikit-learn, plus the confusion matrix (rows = true label)."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+    if len(predictions) != len(labels) or not labels:
+        raise ValueError("predictions and labels must be non-empty and of equal length")
+    ids = list(range(len(label_names)))
+    return {
+        "accuracy": 100.0 * accuracy_score(labels, predictions),
+        "macro_f1": 100.0 * f1_score(labels, predictions, labels=ids, average="macro", zero_division=0),
+        "n": len(labels),
+        "confusion_matrix": confusion_matrix(labels, predictions, labels=ids).tolist(),
+        "label_names": list(label_names),
+    }
