@@ -123,3 +123,56 @@ def tiny_config(tmp_path: Path, tiny_model: Path, qa_file: Path):
         return cfg
 
     return make
+
+
+def build_tiny_bert(directory: Path, *, seed: int = 0) -> Path:
+    """A tiny random BERT with a WordPiece tokenizer trained offline (for classification tests)."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(_corpus() + [s for s, _ in sentiment_rows(64)],
+                            trainer=trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+    directory.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(directory)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, pad_token_id=fast.pad_token_id)
+    BertModel(config).save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+GOOD = ["great", "wonderful", "lovely", "brilliant", "delightful", "superb"]
+BAD = ["awful", "boring", "dreadful", "terrible", "dull", "clumsy"]
+
+
+def sentiment_rows(n: int = 64) -> list[tuple[str, str]]:
+    """Reviews whose label follows from one word: learnable in a few steps."""
+    rows = []
+    for i in range(n):
+        good = i % 2 == 0
+        word = (GOOD if good else BAD)[(i // 2) % 6]
+        rows.append((f"film number {i} from start to end was {word}", "fresh" if good else "rotten"))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture()
+def sentiment_file(tmp_path: Path) -> Path:
+    path = tmp_path / "reviews.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t, "label": y}) for t, y in sentiment_rows()) + "\n", encoding="utf-8")
+    return path

@@ -47,17 +47,19 @@ def test_debug_shows_traceback(tmp_path):
     del cfg
 
 
-def test_missing_data_file_and_unknown_model(tmp_path):
-    cfg = write_config(tmp_path, str(tmp_path / "missing.jsonl"), "model: not-a-model\n")
-    res = run("train", str(cfg))
+def test_missing_data_file_and_unknown_model(tmp_path, qa_file):
+    missing = tmp_path / "missing.jsonl"
+    res = run("train", str(write_config(tmp_path, str(missing))))
+    assert res.returncode == 2 and f"{missing}: file not found" in res.stderr and "Traceback" not in res.stderr
+    res = run("train", str(write_config(tmp_path, str(qa_file), "model: not-a-model\n")))
     assert res.returncode == 2
     assert "unknown model 'not-a-model'" in res.stderr and "Traceback" not in res.stderr
-    cfg = write_config(tmp_path, str(tmp_path / "missing.jsonl"), "model: smollm2-135m-instuct\n")
+    cfg = write_config(tmp_path, str(qa_file), "model: smollm2-135m-instuct\n")
     assert "did you mean 'smollm2-135m-instruct'" in run("train", str(cfg)).stderr
 
 
-def test_hub_id_offline_fails_fast(tmp_path):
-    cfg = write_config(tmp_path, "x.jsonl", "model: HuggingFaceTB/SmolLM2-135M\n")
+def test_hub_id_offline_fails_fast(tmp_path, qa_file):
+    cfg = write_config(tmp_path, str(qa_file), "model: HuggingFaceTB/SmolLM2-135M\n")
     res = run("train", str(cfg))
     assert res.returncode == 2 and "hub is not reachable" in res.stderr
 

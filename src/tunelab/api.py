@@ -24,6 +24,7 @@ class TrainResult:
     run_dir: Path
     results: dict[str, Any]
     report: Path
+    model: Any = None  # the trained model, still in memory (notebooks can use it directly)
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -93,6 +94,10 @@ def _execute(cfg: RunConfig, run: RunDir, *, resume: bool) -> TrainResult:
     run.write_status(source_dir=str(cfg._source_dir or Path.cwd()), task=cfg.task, method=cfg.method)
     ctx = Context(cfg=cfg, run=run, resume=resume)
     try:
+        from tunelab.data.doctor import check_for_training
+
+        # every bad row is reported now, with its line, not two hours into training
+        check_for_training(cfg).raise_for_errors()
         results = cfg_task(cfg).recipe_module().run(ctx)
         report = write_run_report(run, cfg, results, ctx.notes)
         run.mark_complete(_summary(results))
@@ -100,7 +105,7 @@ def _execute(cfg: RunConfig, run: RunDir, *, resume: bool) -> TrainResult:
         run.mark_failed(f"{type(exc).__name__}: {exc}")
         (run.path / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
         raise
-    return TrainResult(run_dir=run.path, results=results, report=report)
+    return TrainResult(run_dir=run.path, results=results, report=report, model=ctx.model)
 
 
 def cfg_task(cfg: RunConfig) -> Any:
@@ -125,7 +130,9 @@ def metrics_table(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     base = (results.get("metrics") or {}).get("base") or {}
     tuned = (results.get("metrics") or {}).get("tuned") or {}
-    keys = ["perplexity", "eval_loss"] if results.get("task") == "pretrain" else HEADLINE_METRICS
+    keys = {"pretrain": ["perplexity", "eval_loss"], "classify": ["accuracy", "macro_f1"]}.get(
+        results.get("task", ""), HEADLINE_METRICS
+    )
     rows = []
     for k in keys:
         if k in tuned or k in base:
@@ -189,14 +196,19 @@ class LoadedRun:
     tokenizer: Any
     fmt: Any
     shape: str
+    labels: list[str] | None = None
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
     """The trained model of a complete run, with its tokenizer and prompt format."""
+    import json
+
     from tunelab.data.templates import PromptFormat
     from tunelab.methods.registry import METHODS
     from tunelab.models.loading import load_tokenizer, resolve_model
+    from tunelab.stages.common import base_model_kwargs
     from tunelab.stages.registry import TASKS
+    from tunelab.training.trainer import choose_precision
 
     quiet_libraries()
     run = RunDir(run_dir)
@@ -204,16 +216,21 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     cfg = load_config(run.config)
     task, method = TASKS[cfg.task], METHODS[cfg.method]
     tokenizer = load_tokenizer(run.tokenizer_dir)
-    base = task.load_model(resolve_model(cfg.model.name).path, trust_remote_code=cfg.model.trust_remote_code)
-    model = method.load(base, run.path / method.weights_dir, task)
+    labels_file = run.path / "labels.json"
+    labels = json.loads(labels_file.read_text(encoding="utf-8")) if labels_file.is_file() else None
+    weights = run.path / method.weights_dir
+    # whole-model methods saved a complete model; adapters go on top of the (maybe 4-bit) base
+    path = weights if method.saves_whole_model else resolve_model(cfg.model.name).path
+    base = task.load_model(path, **base_model_kwargs(cfg, choose_precision(cfg.training.precision), tokenizer, labels))
+    model = method.load(base, weights, task)
     model.eval()
-    fmt = PromptFormat.load(run.template)
-    shape = "text" if fmt.kind == "text" else ("qa" if fmt.kind == "custom" else "messages")
-    if fmt.kind == "custom":
+    fmt = PromptFormat.load(run.template) if run.template.is_file() else None
+    shape = "classification" if fmt is None else "text" if fmt.kind == "text" else "messages"
+    if fmt is not None and fmt.kind == "custom":
         from tunelab.data.shapes import RESPONSE_FIELD
 
         shape = next((s for s, f in RESPONSE_FIELD.items() if f == fmt.response_field), "qa")
-    return LoadedRun(run=run, cfg=cfg, model=model, tokenizer=tokenizer, fmt=fmt, shape=shape)
+    return LoadedRun(run=run, cfg=cfg, model=model, tokenizer=tokenizer, fmt=fmt, shape=shape, labels=labels)
 
 
 def generate(
@@ -229,6 +246,12 @@ def generate(
     from tunelab.inference.generation import generate_from_ids
 
     loaded = run if isinstance(run, LoadedRun) else load_run(run)
+    if loaded.fmt is None:
+        raise TunelabError(
+            f"run is a {loaded.cfg.task} run; it classifies text rather than generating it",
+            file=str(loaded.run.path),
+            expected='`tunelab predict RUN --text "..."`',
+        )
     single = isinstance(prompts, str)
     items = [prompts] if single else list(prompts)
     ids = [loaded.fmt.prompt_ids(example_from_prompt(p, loaded.fmt, loaded.shape), loaded.tokenizer) for p in items]
@@ -237,6 +260,30 @@ def generate(
     )
     texts = [o.text for o in outs]
     return texts[0] if single else texts
+
+
+def predict(run: str | Path | LoadedRun, texts: str | list[str], *, batch_size: int = 16) -> Any:
+    """Label and class probabilities for each text, from a classification run."""
+    import torch
+
+    loaded = run if isinstance(run, LoadedRun) else load_run(run)
+    if loaded.labels is None:
+        raise TunelabError(
+            f"run is a {loaded.cfg.task} run, not a classifier", file=str(loaded.run.path),
+            expected='`tunelab generate RUN --prompt "..."`',
+        )
+    single = isinstance(texts, str)
+    items = [texts] if single else list(texts)
+    out = []
+    for start in range(0, len(items), batch_size):
+        batch = loaded.tokenizer(items[start : start + batch_size], truncation=True,
+                                 max_length=loaded.cfg.data.max_length, padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            probs = torch.softmax(loaded.model(**batch).logits.float(), dim=-1).tolist()
+        for p in probs:
+            best = max(range(len(p)), key=p.__getitem__)
+            out.append({"label": loaded.labels[best], "probabilities": dict(zip(loaded.labels, p, strict=True))})
+    return out[0] if single else out
 
 
 def models() -> list[dict[str, Any]]:

@@ -90,19 +90,18 @@ def _print_results(results: dict) -> None:
 
 
 @app.command()
-def generate(
-    run: Path = typer.Argument(..., help="a finished run directory"),
-    prompt: list[str] = typer.Option(None, "--prompt", "-p", help="a prompt (repeatable)"),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1),
+def predict(
+    run: Path = typer.Argument(..., help="a finished classification run directory"),
+    text: list[str] = typer.Option(None, "--text", "-t", help="a text to classify (repeatable)"),
 ) -> None:
-    """Answer prompts with a run's fine-tuned model, formatted exactly as in training (greedy)."""
+    """Classify texts with a classification run: label and class probabilities."""
     from tunelab import api
 
-    if not prompt:
-        raise TunelabError("no prompt given", expected='--prompt "your question"')
-    answers = api.generate(run, list(prompt), max_new_tokens=max_new_tokens)
-    for a in answers:
-        out.print(a, markup=False, highlight=False)
+    if not text:
+        raise TunelabError("no text given", expected='--text "a review to classify"')
+    for t, result in zip(text, api.predict(run, list(text)), strict=True):
+        probs = ", ".join(f"{k} {v:.3f}" for k, v in result["probabilities"].items())
+        out.print(f"{result['label']}\t{probs}\t{t}", markup=False, highlight=False)
 
 
 @app.command()

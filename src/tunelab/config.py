@@ -125,6 +125,13 @@ class _RunConfigBase(Section):
         return v
 
     @model_validator(mode="after")
+    def _options_match_task(self) -> _RunConfigBase:
+        for name, task in TASKS.items():
+            if name != self.task and name in self.model_fields_set and task.options is not None:
+                raise ValueError(f"options section '{name}:' given but task is '{self.task}'; set task: {name}")
+        return self
+
+    @model_validator(mode="after")
     def _options_match_method(self) -> _RunConfigBase:
         # An options section for another method is almost always a typo'd `method:` — say so up front.
         for name in METHODS:
@@ -142,17 +149,24 @@ class _RunConfigBase(Section):
     def method_options(self) -> BaseModel | None:
         return getattr(self, self.method, None)
 
+    def task_options(self) -> BaseModel | None:
+        return getattr(self, self.task, None)
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
 
 
-# Each method with options contributes a section named after it (`lora:`), so adding a method
-# is one module plus one registry entry — this class never changes.
+# Each method or task with options contributes a section named after it (`lora:`, `classify:`), so
+# adding one is a module plus one registry entry — this class never changes.
 RunConfig = create_model(
     "RunConfig",
     __base__=_RunConfigBase,
-    **{name: (m.options, Field(default_factory=m.options)) for name, m in METHODS.items() if m.options is not None},
+    **{
+        name: (entry.options, Field(default_factory=entry.options))
+        for name, entry in {**TASKS, **METHODS}.items()
+        if entry.options is not None
+    },
 )
 
 
@@ -295,7 +309,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 
 def config_dict(cfg: _RunConfigBase) -> dict[str, Any]:
     """The resolved config as plain data, with only the chosen method's options section."""
-    others = {name for name in METHODS if name != cfg.method}
+    others = {name for name in METHODS if name != cfg.method} | {name for name in TASKS if name != cfg.task}
     return cfg.model_dump(mode="json", exclude=others)
 
 

@@ -31,6 +31,7 @@ CASES = {
         },
         [("system", "S"), ("user", "H"), ("assistant", "G")],
     ),
+    "classification": ({"text": "Once upon a time.", "label": "fresh"}, None),
     "text": ({"text": "Once upon a time."}, None),
 }
 
@@ -136,3 +137,9 @@ def test_sharegpt_roles_are_normalised():
 def test_unknown_shape_name():
     with pytest.raises(TunelabError, match="unknown shape 'chat'"):
         to_example({"text": "x"}, "chat", file="f", line=1)
+
+
+def test_classification_labels_may_be_ints_but_not_bools():
+    assert to_example({"text": "t", "label": 3}, "classification", file="f", line=1).fields["label"] == 3
+    with pytest.raises(TunelabError, match="f:2: label: is True"):
+        to_example({"text": "t", "label": True}, "classification", file="f", line=2)

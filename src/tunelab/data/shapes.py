@@ -8,7 +8,8 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 
-SHAPES = ("qa", "alpaca", "prompt_completion", "input_output", "messages", "conversations", "text")
+# "classification" precedes "text": detection takes the first shape whose fields are all present
+SHAPES = ("qa", "alpaca", "prompt_completion", "input_output", "messages", "conversations", "classification", "text")
 
 # Fields of each shape in prompt→response order; REQUIRED decides detection, FIELDS what is not meta.
 FIELDS = {
@@ -18,6 +19,7 @@ FIELDS = {
     "input_output": ("input", "output"),
     "messages": ("messages",),
     "conversations": ("conversations",),
+    "classification": ("text", "label"),
     "text": ("text",),
 }
 REQUIRED = {**FIELDS, "alpaca": ("instruction", "output")}
@@ -35,6 +37,7 @@ _DESCRIPTIONS = {
     "input_output": "input/output (fields input, output)",
     "messages": "chat messages (field messages: a list of {role, content})",
     "conversations": "ShareGPT conversations (field conversations: a list of {from, value})",
+    "classification": "text classification (fields text, label)",
     "text": "plain text for pretraining (field text)",
 }
 ROLES = ("system", "user", "assistant")
@@ -106,6 +109,10 @@ def to_example(row: dict, shape: str, *, file: str, line: int) -> Example:
     if shape == "text":
         fields["text"] = text = _string(row, "text", **where)
         messages = None
+    elif shape == "classification":
+        fields["text"] = text = _string(row, "text", **where)
+        fields["label"] = _label(row, **where)
+        messages = None
     elif shape == "messages":
         fields["messages"] = row["messages"]
         messages = _messages(row["messages"], "messages", "role", "content", **where)
@@ -126,6 +133,18 @@ def to_example(row: dict, shape: str, *, file: str, line: int) -> Example:
         ]
     meta = {k: v for k, v in row.items() if k not in FIELDS[shape]}
     return Example(shape, fields, messages, text, f"{file}:{line}", meta)
+
+
+def _label(row: dict, *, file: str, line: int) -> str | int:
+    """A class label: a non-empty string or an integer (booleans and floats are ambiguous)."""
+    value = row.get("label")
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise TunelabError(
+        f"is {value!r}", file=file, line=line, field="label", expected="a class name (string) or an integer class id"
+    )
 
 
 def _string(row: dict, name: str, *, file: str, line: int, optional: bool = False) -> str:

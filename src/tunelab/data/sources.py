@@ -26,17 +26,28 @@ class Row:
     line: int
 
 
-def read_rows(path: str | Path) -> list[Row]:
-    """Read a data file by extension; any problem a user can fix becomes a TunelabError with file and line."""
+Problems = list[TunelabError] | None  # None: raise the first problem; a list: collect them all, keep reading
+
+
+def read_rows(path: str | Path, *, problems: Problems = None) -> list[Row]:
+    """Read a data file by extension; any problem a user can fix becomes a TunelabError with file and line.
+
+    With `problems` (a list), nothing is raised: every problem is appended to it and reading goes on past
+    the bad line, so the data doctor can report all of them at once; the rows that could be read are returned.
+    """
     path = Path(path)
     name = str(path)
     if not path.exists():
-        raise TunelabError("file not found", file=name, expected=f"an existing {FORMATS} file")
+        return _fail(
+            problems, TunelabError("file not found", file=name, expected=f"an existing {FORMATS} file")
+        )
     if path.is_dir():
-        raise TunelabError("is a directory, not a file", file=name, expected=f"a {FORMATS} file")
+        return _fail(
+            problems, TunelabError("is a directory, not a file", file=name, expected=f"a {FORMATS} file")
+        )
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        return _read_parquet(path)
+        return _read_parquet(path, problems)
     readers = {
         ".jsonl": _read_jsonl,
         ".json": _read_json,
@@ -45,10 +56,21 @@ def read_rows(path: str | Path) -> list[Row]:
         ".txt": _read_txt,
     }
     if suffix not in readers:
-        raise TunelabError(
-            f"unsupported file type {suffix or '(no extension)'!r}", file=name, expected=FORMATS
+        return _fail(
+            problems,
+            TunelabError(
+                f"unsupported file type {suffix or '(no extension)'!r}", file=name, expected=FORMATS
+            ),
         )
-    return readers[suffix](_read_text(path), name)
+    return readers[suffix](_read_text(path, problems), name, problems)
+
+
+def _fail(problems: Problems, error: TunelabError) -> list[Row]:
+    """Raise `error`, or record it when collecting; returns no rows (for problems that end a file)."""
+    if problems is None:
+        raise error
+    problems.append(error)
+    return []
 
 
 def apply_columns(rows: list[Row], columns: dict[str, str]) -> list[Row]:
@@ -93,22 +115,33 @@ def _did_you_mean(name: str, candidates: dict[str, Any]) -> str:
     return f"; did you mean {match[0]!r}?" if match else ""
 
 
-def _read_text(path: Path) -> str:
-    """Decode UTF-8 (BOM allowed); bad bytes are reported with their line, not as a UnicodeDecodeError."""
+def _read_text(path: Path, problems: Problems = None) -> str:
+    """Decode UTF-8 (BOM allowed); bad bytes are reported with their line, not as a UnicodeDecodeError.
+    When collecting, every line with bad bytes is reported and those bytes read as U+FFFD."""
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise TunelabError(
-            f"byte 0x{raw[err.start]:02x} is not valid UTF-8 ({err.reason})",
-            file=str(path),
-            line=line,
-            expected="UTF-8 encoded text (re-save the file as UTF-8)",
-        ) from None
+        if problems is None:
+            raise _bad_bytes(path, raw[err.start], err.reason, raw[: err.start].count(b"\n") + 1) from None
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            line.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as err:
+            problems.append(_bad_bytes(path, line[err.start], err.reason, number))
+    return raw.decode("utf-8-sig", errors="replace")
 
 
-def _read_jsonl(text: str, name: str) -> list[Row]:
+def _bad_bytes(path: Path, byte: int, reason: str, line: int) -> TunelabError:
+    return TunelabError(
+        f"byte 0x{byte:02x} is not valid UTF-8 ({reason})",
+        file=str(path),
+        line=line,
+        expected="UTF-8 encoded text (re-save the file as UTF-8)",
+    )
+
+
+def _read_jsonl(text: str, name: str, problems: Problems = None) -> list[Row]:
     rows = []
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -116,50 +149,65 @@ def _read_jsonl(text: str, name: str) -> list[Row]:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as err:
-            raise TunelabError(
-                f"invalid JSON: {err.msg} at column {err.colno}",
-                file=name,
-                line=number,
-                expected="one JSON object per line",
-            ) from None
-        if not isinstance(value, dict):
-            raise TunelabError(
-                f"line is a JSON {_json_type(value)}, not an object",
-                file=name,
-                line=number,
-                expected='one JSON object per line, e.g. {"question": "...", "answer": "..."}',
+            _fail(
+                problems,
+                TunelabError(
+                    f"invalid JSON: {err.msg} at column {err.colno}",
+                    file=name,
+                    line=number,
+                    expected="one JSON object per line",
+                ),
             )
+            continue
+        if not isinstance(value, dict):
+            _fail(
+                problems,
+                TunelabError(
+                    f"line is a JSON {_json_type(value)}, not an object",
+                    file=name,
+                    line=number,
+                    expected='one JSON object per line, e.g. {"question": "...", "answer": "..."}',
+                ),
+            )
+            continue
         rows.append(Row(value, name, number))
     return rows
 
 
-def _read_json(text: str, name: str) -> list[Row]:
+def _read_json(text: str, name: str, problems: Problems = None) -> list[Row]:
     if not text.strip():
         return []
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise TunelabError(
-            f"invalid JSON: {err.msg} at column {err.colno}",
-            file=name,
-            line=err.lineno,
-            expected="valid JSON",
-        ) from None
+        return _fail(
+            problems,
+            TunelabError(
+                f"invalid JSON: {err.msg} at column {err.colno}",
+                file=name,
+                line=err.lineno,
+                expected="valid JSON",
+            ),
+        )
     expected = 'a JSON list of objects, or {"data": [...]}'
     items = value.get("data") if isinstance(value, dict) else value
     if not isinstance(items, list):
         what = 'an object without a "data" list' if isinstance(value, dict) else f"a JSON {_json_type(value)}"
-        raise TunelabError(f"top level is {what}", file=name, line=1, expected=expected)
+        return _fail(problems, TunelabError(f"top level is {what}", file=name, line=1, expected=expected))
     lines = _item_lines(text)
     rows = []
     for index, item in enumerate(items):
         if not isinstance(item, dict):
-            raise TunelabError(
-                f"item {index + 1} is a JSON {_json_type(item)}, not an object",
-                file=name,
-                line=lines[index],
-                expected=expected,
+            _fail(
+                problems,
+                TunelabError(
+                    f"item {index + 1} is a JSON {_json_type(item)}, not an object",
+                    file=name,
+                    line=lines[index],
+                    expected=expected,
+                ),
             )
+            continue
         rows.append(Row(item, name, lines[index]))
     return rows
 
@@ -196,7 +244,7 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), "null")
 
 
-def _read_csv(text: str, name: str) -> list[Row]:
+def _read_csv(text: str, name: str, problems: Problems = None) -> list[Row]:
     """Read with the csv module so every cell stays a string and each row knows its first line."""
     reader = csv.reader(
         io.StringIO(text, newline=""), delimiter="\t" if name.lower().endswith(".tsv") else ","
@@ -212,42 +260,73 @@ def _read_csv(text: str, name: str) -> list[Row]:
             if header is None:
                 header = [cell.strip() or f"column_{i + 1}" for i, cell in enumerate(record)]
                 dupes = sorted({h for h in header if header.count(h) > 1})
-                if dupes:
-                    raise TunelabError(
-                        f"header has duplicate column {dupes[0]!r}",
-                        file=name,
-                        line=line,
-                        expected="unique column names",
+                for dupe in dupes:
+                    _fail(
+                        problems,
+                        TunelabError(
+                            f"header has duplicate column {dupe!r}",
+                            file=name,
+                            line=line,
+                            expected="unique column names",
+                        ),
                     )
+                if dupes:
+                    return []  # which cell belongs to which column is unknowable
                 continue
             if len(record) > len(header):
-                raise TunelabError(
-                    f"row has {len(record)} cells but the header has {len(header)} columns",
-                    file=name,
-                    line=line,
-                    expected=f"at most {len(header)} cells (quote cells that contain commas)",
+                _fail(
+                    problems,
+                    TunelabError(
+                        f"row has {len(record)} cells but the header has {len(header)} columns",
+                        file=name,
+                        line=line,
+                        expected=f"at most {len(header)} cells (quote cells that contain commas)",
+                    ),
                 )
+                continue
+            if problems is not None and start - line > 1 and _unclosed_quote(text, line, start - 1):
+                problems.append(
+                    TunelabError(
+                        f"a quote opened in this row is never closed, so lines {line}-{start - 1} "
+                        "(the rest of the file) were read as one row",
+                        file=name,
+                        line=line,
+                        expected='balanced quotes: a quoted cell ends with " before the next row',
+                    )
+                )
+                continue
             record += [""] * (len(header) - len(record))
             rows.append(Row(dict(zip(header, record, strict=True)), name, line))
     except csv.Error as err:
-        raise TunelabError(
-            f"cannot parse CSV: {err}", file=name, line=reader.line_num, expected="valid CSV"
-        ) from None
+        _fail(
+            problems,
+            TunelabError(f"cannot parse CSV: {err}", file=name, line=reader.line_num, expected="valid CSV"),
+        )
     return rows
 
 
-def _read_parquet(path: Path) -> list[Row]:
+def _unclosed_quote(text: str, first: int, last: int) -> bool:
+    """Whether a record that runs over several lines up to the end of the file has an odd number of
+    quotes: the csv module then silently reads the whole rest of the file into one cell."""
+    lines = text.split("\n")
+    if any(line.strip() for line in lines[last:]):
+        return False  # the record ended before the end of the file
+    return "\n".join(lines[first - 1 : last]).count('"') % 2 == 1
+
+
+def _read_parquet(path: Path, problems: Problems = None) -> list[Row]:
     import pyarrow.parquet as pq  # imported here: pyarrow is slow to import and only needed for parquet
 
     try:
         records = pq.read_table(path).to_pylist()
     except Exception as err:  # pyarrow raises many types for corrupt or non-parquet files
-        raise TunelabError(
-            f"cannot read Parquet file: {err}", file=str(path), expected="a valid Parquet file"
-        ) from None
+        return _fail(
+            problems,
+            TunelabError(f"cannot read Parquet file: {err}", file=str(path), expected="a valid Parquet file"),
+        )
     return [Row(record, str(path), index + 1) for index, record in enumerate(records)]
 
 
-def _read_txt(text: str, name: str) -> list[Row]:
+def _read_txt(text: str, name: str, problems: Problems = None) -> list[Row]:
     """A .txt file is one pretraining document."""
     return [Row({"text": text}, name, 1)] if text.strip() else []

@@ -243,3 +243,19 @@ def _leakage_notes(train: list[Example], val: list[Example], test: list[Example]
                 f"leakage: {leaked} of {len(examples)} {name} {what} also appear verbatim in train (kept)"
             )
     return notes
+
+
+def splits_from_config(data: Any, base_dir: Path | None = None) -> Splits:
+    """`load_splits` driven by a run config's `data:` section (the same rows every time for a config)."""
+    return load_splits(
+        data.train,
+        validation=data.validation,
+        test=data.test,
+        columns=data.columns or None,
+        shape=data.shape,
+        validation_fraction=data.split.validation,
+        test_fraction=data.split.test,
+        seed=data.split.seed,
+        limit=data.limit,
+        base_dir=base_dir,
+    )

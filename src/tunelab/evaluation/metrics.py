@@ -3,7 +3,10 @@
 * Exact match and token F1 follow the official SQuAD v1.1 evaluation script (answer
   normalisation: lower-case, drop punctuation, drop the articles a/an/the, collapse whitespace).
 * ROUGE comes from `rouge_score` (Porter stemming on), averaged over sentences.
-* BLEU comes from `sacrebleu` (corpus BLEU for the headline number, sentence BLEU per example).
+* BLEU and chrF come from `sacrebleu` (corpus scores for the headline numbers, sentence scores per
+  example). Their per-sentence sufficient statistics are exposed too, so a paired bootstrap can
+  recompute the *corpus* score on every resample (see `tunelab.evaluation.bootstrap`).
+* Classification metrics come from scikit-learn.
 
 Everything here runs offline; nothing is loaded from a hub.
 """
@@ -21,10 +24,15 @@ __all__ = [
     "HEADLINE_METRICS",
     "LOWER_IS_BETTER",
     "METRIC_LABELS",
+    "NEUTRAL_METRICS",
+    "classification_metrics",
+    "corpus_statistics",
     "exact_match",
     "generation_metrics",
     "normalize_answer",
     "perplexity",
+    "score_from_statistics",
+    "sentence_chrf",
     "sentence_rouge_l",
     "token_f1",
 ]
@@ -39,12 +47,27 @@ METRIC_LABELS = {
     "bleu": "BLEU",
     "exact_match": "Exact match",
     "token_f1": "Token F1",
+    "chrf": "chrF",
     "perplexity": "Perplexity",
     "eval_loss": "Eval loss",
+    "mean_output_tokens": "Mean output tokens",
+    "hit_token_limit": "Hit token limit",
+    "accuracy": "Accuracy",
+    "macro_f1": "Macro F1",
+    "macro_precision": "Macro precision",
+    "macro_recall": "Macro recall",
+    "mcc": "MCC",
+    "acc": "Accuracy",
+    "acc_norm": "Accuracy (length-normalised)",
+    "weighted_f1": "Weighted F1",
+    "correct": "Correct",
 }
 
 # Metrics where a smaller value is an improvement (everything else: larger is better).
 LOWER_IS_BETTER = frozenset({"perplexity", "eval_loss"})
+
+# Descriptive numbers with no better direction (shown without green/red).
+NEUTRAL_METRICS = frozenset({"mean_output_tokens", "hit_token_limit", "n"})
 
 _ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 _PUNCT = frozenset(string.punctuation)
@@ -97,11 +120,54 @@ def sentence_rouge_l(prediction: str, reference: str) -> float:
     return _rouge(prediction, reference)["rougeL"]
 
 
-def generation_metrics(predictions: list[str], references: list[str]) -> dict[str, Any]:
+@lru_cache(maxsize=1)
+def _bleu() -> Any:
+    from sacrebleu.metrics import BLEU
+
+    return BLEU()
+
+
+@lru_cache(maxsize=1)
+def _chrf() -> Any:
+    from sacrebleu.metrics import CHRF
+
+    return CHRF()
+
+
+def sentence_chrf(prediction: str, reference: str) -> float:
+    """sacrebleu sentence chrF (character 6-grams, beta 2), 0–100."""
+    import sacrebleu
+
+    return float(sacrebleu.sentence_chrf(prediction, [reference]).score)
+
+
+def corpus_statistics(metric: str, predictions: list[str], references: list[str]) -> list[list[float]]:
+    """sacrebleu's per-sentence sufficient statistics for ``metric`` ("bleu" or "chrf").
+
+    Summing rows over any subset of sentences and passing the sum to `score_from_statistics` gives
+    exactly sacrebleu's corpus score of that subset (this is how sacrebleu's own bootstrap works).
+    """
+    scorer = {"bleu": _bleu, "chrf": _chrf}[metric]()
+    stats = scorer._extract_corpus_statistics(list(predictions), [list(references)])
+    return [[float(v) for v in row] for row in stats]
+
+
+def score_from_statistics(metric: str, totals: Any) -> float:
+    """The corpus ``metric`` ("bleu" or "chrf") from column sums of `corpus_statistics` rows."""
+    scorer = {"bleu": _bleu, "chrf": _chrf}[metric]()
+    values = [int(round(float(v))) for v in totals]
+    return float(scorer._compute_score_from_stats(values).score)
+
+
+def generation_metrics(
+    predictions: list[str], references: list[str], *, detailed: bool = False
+) -> dict[str, Any]:
     """Corpus-level and per-example metrics for generated text against one reference each.
 
-    Returns ``{"rougeL", "rouge1", "rouge2", "bleu", "exact_match", "token_f1", "n", "per_example"}``;
-    ROUGE, EM and F1 are means of sentence scores, BLEU is sacrebleu corpus BLEU.
+    Returns ``{"rougeL", "rouge1", "rouge2", "bleu", "chrf", "exact_match", "token_f1", "n",
+    "per_example"}``; ROUGE, EM and F1 are means of sentence scores, BLEU and chrF are sacrebleu
+    corpus scores. Per example: rougeL, (sentence) bleu, exact_match, token_f1 — and with
+    ``detailed=True`` also rouge1, rouge2 and (sentence) chrf.
     """
     import sacrebleu
 
@@ -124,14 +190,15 @@ def generation_metrics(predictions: list[str], references: list[str]) -> dict[st
             sums[key] += rouge[key]
         sums["exact_match"] += em
         sums["token_f1"] += f1
-        per_example.append(
-            {
-                "rougeL": rouge["rougeL"],
-                "bleu": float(sacrebleu.sentence_bleu(pred, [ref]).score),
-                "exact_match": em,
-                "token_f1": f1,
-            }
-        )
+        row = {
+            "rougeL": rouge["rougeL"],
+            "bleu": float(sacrebleu.sentence_bleu(pred, [ref]).score),
+            "exact_match": em,
+            "token_f1": f1,
+        }
+        if detailed:
+            row.update(rouge1=rouge["rouge1"], rouge2=rouge["rouge2"], chrf=sentence_chrf(pred, ref))
+        per_example.append(row)
 
     n = len(predictions)
     return {
@@ -139,6 +206,7 @@ def generation_metrics(predictions: list[str], references: list[str]) -> dict[st
         "rouge1": sums["rouge1"] / n,
         "rouge2": sums["rouge2"] / n,
         "bleu": float(sacrebleu.corpus_bleu(predictions, [references]).score),
+        "chrf": float(sacrebleu.corpus_chrf(predictions, [references]).score),
         "exact_match": sums["exact_match"] / n,
         "token_f1": sums["token_f1"] / n,
         "n": n,
@@ -163,16 +231,48 @@ def perplexity(total_nll: float, total_tokens: int) -> float:
 
 
 def classification_metrics(predictions: list[int], labels: list[int], label_names: list[str]) -> dict[str, Any]:
-    """Accuracy and macro F1 (×100) with scikit-learn, plus the confusion matrix (rows = true label)."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+    """Classification scores (×100, except MCC in [-1, 1]) with scikit-learn.
 
+    Keys: ``accuracy``, ``macro_f1``, ``macro_precision``, ``macro_recall``, ``weighted_f1``, ``mcc``,
+    ``n``, ``confusion_matrix`` (rows = true label, columns = predicted, in ``label_names`` order),
+    ``label_names`` and ``per_class`` ({name: {precision, recall, f1, support}}). A class that is
+    never predicted (or never true) gets precision (recall) 0 rather than a warning.
+    """
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        f1_score,
+        matthews_corrcoef,
+        precision_recall_fscore_support,
+    )
+
+    predictions, labels = list(predictions), list(labels)
     if len(predictions) != len(labels) or not labels:
         raise ValueError("predictions and labels must be non-empty and of equal length")
     ids = list(range(len(label_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predictions, labels=ids, average=None, zero_division=0
+    )
+    macro_p, macro_r, _, _ = precision_recall_fscore_support(
+        labels, predictions, labels=ids, average="macro", zero_division=0
+    )
     return {
         "accuracy": 100.0 * accuracy_score(labels, predictions),
         "macro_f1": 100.0 * f1_score(labels, predictions, labels=ids, average="macro", zero_division=0),
+        "macro_precision": 100.0 * float(macro_p),
+        "macro_recall": 100.0 * float(macro_r),
+        "weighted_f1": 100.0 * f1_score(labels, predictions, labels=ids, average="weighted", zero_division=0),
+        "mcc": float(matthews_corrcoef(labels, predictions)),
         "n": len(labels),
         "confusion_matrix": confusion_matrix(labels, predictions, labels=ids).tolist(),
         "label_names": list(label_names),
+        "per_class": {
+            str(name): {
+                "precision": 100.0 * float(precision[i]),
+                "recall": 100.0 * float(recall[i]),
+                "f1": 100.0 * float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(label_names)
+        },
     }

@@ -15,7 +15,7 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 
-__all__ = ["plot_loss", "plot_lr", "read_metrics"]
+__all__ = ["plot_histograms", "plot_loss", "plot_lr", "plot_runs", "read_metrics"]
 
 _DPI = 110
 _FIGSIZE = (7.0, 4.0)
@@ -139,6 +139,68 @@ def plot_lr(rows: list[dict], path: Path) -> Path:
     if xs:
         ax.plot(xs, ys, color="tab:green", linewidth=1.5, marker="o" if len(xs) == 1 else None, markersize=4)
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    else:
+        _no_data(ax)
+    return _save(fig, path)
+
+
+_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
+
+
+def plot_runs(runs: dict[str, list[dict]], path: Path, *, key: str = "loss", title: str = "Loss") -> Path:
+    """Several runs' curves on one axes: ``key`` (solid) and, for ``loss``, ``eval_loss`` (dashed)."""
+    fig, ax = _new_axes(title, key.replace("_", " "))
+    drawn = False
+    for n, (name, rows) in enumerate(runs.items()):
+        colour = _COLOURS[n % len(_COLOURS)]
+        xs, ys = _series(rows, key)
+        if xs:
+            ax.plot(xs, ys, color=colour, linewidth=1.5, label=f"{name}" if key != "loss" else f"{name} train",
+                    marker="o" if len(xs) == 1 else None, markersize=4)
+            drawn = True
+        if key == "loss":
+            ex, ey = _series(rows, "eval_loss")
+            if ex:
+                ax.plot(ex, ey, color=colour, linewidth=1.2, linestyle="--", marker="o", markersize=3,
+                        label=f"{name} eval")
+                drawn = True
+    if drawn:
+        ax.legend(loc="best", fontsize=8)
+        if key == "learning_rate":
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    else:
+        _no_data(ax)
+    return _save(fig, path)
+
+
+def plot_histograms(
+    series: dict[str, list[float]],
+    path: Path,
+    *,
+    title: str,
+    xlabel: str,
+    marker: tuple[float, str] | None = None,
+) -> Path:
+    """Overlaid step histograms of several series on shared bins; an optional labelled vertical line."""
+    fig, ax = _new_axes(title, "rows")
+    ax.set_xlabel(xlabel)
+    clean = {k: [float(v) for v in vals if _number(v) is not None] for k, vals in series.items()}
+    values = [v for vals in clean.values() for v in vals]
+    if values:
+        lo, hi = min(values), max(values)
+        if marker is not None:
+            hi = max(hi, marker[0])
+        width = max(1.0, math.ceil((hi - lo + 1) / 30))
+        bins = [lo + i * width for i in range(int((hi - lo) // width) + 2)]
+        for n, (name, vals) in enumerate(clean.items()):
+            if vals:
+                mean = sum(vals) / len(vals)
+                ax.hist(vals, bins=bins, histtype="step", linewidth=1.6, color=_COLOURS[n % len(_COLOURS)],
+                        label=f"{name} (mean {mean:.1f})")
+        if marker is not None:
+            ax.axvline(marker[0], color="0.3", linestyle=":", linewidth=1.2, label=f"{marker[1]} = {marker[0]:g}")
+        ax.legend(loc="best", fontsize=8)
+        ax.grid(True, alpha=0.3)
     else:
         _no_data(ax)
     return _save(fig, path)

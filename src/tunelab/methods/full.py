@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from tunelab.methods.base import Method
+from tunelab.methods.base import Method, load_whole_model
 
 
 def apply(model: Any, options: Any, task: Any) -> Any:
@@ -14,16 +13,12 @@ def apply(model: Any, options: Any, task: Any) -> Any:
     return model
 
 
-def load(base_model: Any, weights_dir: Path, task: Any) -> Any:
-    # the saved directory is a complete model: load it instead of the base
-    return task.load_model(weights_dir, dtype=base_model.dtype)
-
-
 METHOD = Method(
     name="full",
     summary="retrain all parameters",
     options=None,
     apply=apply,
-    load=load,
+    load=load_whole_model,
     weights_dir="model",
+    saves_whole_model=True,
 )

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tunelab.methods.base import Method
+from tunelab.methods.base import Method, load_adapter
 
 
 class LoraOptions(BaseModel):
@@ -42,13 +41,6 @@ def apply(model: Any, options: LoraOptions, task: Any) -> Any:
     from peft import get_peft_model
 
     return get_peft_model(model, peft_lora_config(options, task))
-
-
-def load_adapter(base_model: Any, weights_dir: Path, task: Any) -> Any:
-    """Any peft adapter (LoRA, DoRA, IA3, prompt methods) loads the same way."""
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(base_model, str(weights_dir))
 
 
 METHOD = Method(

@@ -129,21 +129,46 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Any:
     return tok
 
 
-def load_model(path: str | Path, kind: str, *, dtype: Any = None, trust_remote_code: bool = False) -> Any:
-    import torch
-    from transformers import AutoModelForCausalLM
+def load_model(
+    path: str | Path,
+    kind: str,
+    *,
+    dtype: Any = None,
+    trust_remote_code: bool = False,
+    labels: list[str] | None = None,
+    pad_token_id: int | None = None,
+    **extra: Any,
+) -> Any:
+    """A causal LM (`causal_lm`) or a model with a fresh classification head (`seq_cls`, needs labels).
 
-    classes = {"causal_lm": AutoModelForCausalLM}
-    if kind not in classes:
+    `extra` goes to from_pretrained (a method's quantization_config / device_map).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    kwargs: dict[str, Any] = {
+        "dtype": dtype or torch.float32,
+        "trust_remote_code": trust_remote_code,
+        "use_safetensors": True,
+        "attn_implementation": "sdpa",
+        **extra,
+    }
+    if kind == "causal_lm":
+        cls = AutoModelForCausalLM
+    elif kind == "seq_cls":
+        if not labels:
+            raise ValueError("a classification model needs its labels")
+        cls = AutoModelForSequenceClassification
+        kwargs.update(
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+        )
+        if pad_token_id is not None:
+            kwargs["pad_token_id"] = pad_token_id  # decoder classifiers pool the last non-pad token
+    else:
         raise ValueError(f"unknown model kind {kind!r}")
-    model = classes[kind].from_pretrained(
-        str(path),
-        dtype=dtype or torch.float32,
-        trust_remote_code=trust_remote_code,
-        use_safetensors=True,
-        attn_implementation="sdpa",
-    )
-    return model
+    return cls.from_pretrained(str(path), **kwargs)
 
 
 def list_models() -> list[dict[str, Any]]:

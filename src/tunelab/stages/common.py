@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.data.splits import Splits, load_splits
+from tunelab.data.splits import Splits, splits_from_config
 from tunelab.errors import TunelabError
 from tunelab.methods.base import save_weights
 from tunelab.methods.registry import METHODS
@@ -29,6 +29,10 @@ class Context:
     splits: Splits | None = None
     notes: list[str] = field(default_factory=list)
     precision: str = "fp32"
+    labels: list[str] | None = None  # classification label order (ids = positions)
+    class_weights: list[float] | None = None
+    weight_memory: dict[str, int] = field(default_factory=dict)
+    model: Any = None  # the trained model once training is done
 
     @property
     def task(self) -> Any:
@@ -58,21 +62,10 @@ def setup(ctx: Context) -> None:
     ctx.notes.append(f"model {ctx.cfg.model.name} ({ref.path}); precision {ctx.precision}")
 
 
-def load_data(ctx: Context, *, allowed_shapes: tuple[str, ...] | None = None) -> Splits:
-    d = ctx.cfg.data
-    splits = load_splits(
-        d.train,
-        validation=d.validation,
-        test=d.test,
-        columns=d.columns or None,
-        shape=d.shape,
-        validation_fraction=d.split.validation,
-        test_fraction=d.split.test,
-        seed=d.split.seed,
-        limit=d.limit,
-        base_dir=ctx.cfg._source_dir,
-    )
-    if allowed_shapes is not None and splits.shape not in allowed_shapes:
+def load_data(ctx: Context) -> Splits:
+    splits = splits_from_config(ctx.cfg.data, ctx.cfg._source_dir)
+    allowed_shapes = ctx.task.shapes
+    if splits.shape not in allowed_shapes:
         raise TunelabError(
             f"task {ctx.cfg.task!r} cannot train on rows of shape {splits.shape!r}",
             file=splits.source,
@@ -86,8 +79,32 @@ def load_data(ctx: Context, *, allowed_shapes: tuple[str, ...] | None = None) ->
     return splits
 
 
+def base_model_kwargs(cfg: Any, precision: str, tokenizer: Any, labels: list[str] | None) -> dict[str, Any]:
+    """How to load the base for this task and method (labels for a head, 4-bit for QLoRA, …)."""
+    from tunelab.methods.registry import METHODS
+
+    method = METHODS[cfg.method]
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code}
+    if method.model_kwargs is not None:
+        kwargs.update(method.model_kwargs(cfg.method_options(), precision))
+    if TASKS[cfg.task].model_kind == "seq_cls":
+        kwargs.update(labels=labels, pad_token_id=tokenizer.pad_token_id)
+    return kwargs
+
+
 def load_base_model(ctx: Context) -> Any:
-    return ctx.task.load_model(ctx.model_path, trust_remote_code=ctx.cfg.model.trust_remote_code)
+    kwargs = base_model_kwargs(ctx.cfg, ctx.precision, ctx.tokenizer, ctx.labels)
+    model = ctx.task.load_model(ctx.model_path, **kwargs)
+    if ctx.task.model_kind == "seq_cls" and is_decoder_classifier(model):
+        # decoder heads read the last token; left padding keeps it real even when peft prepends
+        # virtual tokens (then the model sees no input_ids and cannot locate padding itself)
+        ctx.tokenizer.padding_side = "left"
+    ctx.notes.append(f"base weights in memory: {model.get_memory_footprint() / 2**20:.1f} MiB")
+    return model
+
+
+def is_decoder_classifier(model: Any) -> bool:
+    return hasattr(model, "score") and not hasattr(model, "classifier")
 
 
 def trainable_parameters(model: Any) -> tuple[int, int]:
@@ -105,12 +122,32 @@ def trainable_parameters(model: Any) -> tuple[int, int]:
     return trainable, all_params
 
 
+def full_precision_bytes(model: Any) -> int:
+    """What the weights would take unquantized in fp32 (4-bit params hold two values per byte)."""
+    total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":
+            n *= 2
+        total += n * 4
+    return total
+
+
 def trainable_report(model: Any) -> str:
     trainable, total = trainable_parameters(model)
     return f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
 
 
 def apply_method(ctx: Context, model: Any) -> tuple[Any, str]:
+    weight_bytes, fp32_bytes = model.get_memory_footprint(), full_precision_bytes(model)
+    if weight_bytes < fp32_bytes * 0.9:
+        note = (
+            f"quantized base weights: {weight_bytes / 2**20:.1f} MiB vs {fp32_bytes / 2**20:.1f} MiB unquantized fp32 "
+            f"({100 * (1 - weight_bytes / fp32_bytes):.0f}% less)"
+        )
+        ctx.notes.append(note)
+        info(f"[green]{ctx.cfg.method}[/green] {note}")
+    ctx.weight_memory = {"weights_bytes": weight_bytes, "fp32_weights_bytes": fp32_bytes}
     model = ctx.method.apply(model, ctx.cfg.method_options(), ctx.task)
     report = trainable_report(model)
     info(f"[green]{ctx.cfg.method}[/green] {report}")
@@ -139,14 +176,17 @@ def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict])
     args = training_arguments(
         ctx.cfg, ctx.run.checkpoints, ctx.precision, has_eval=bool(eval_rows), n_train=len(train_rows)
     )
-    collator = TokenCountingCollator(make_collator(ctx.tokenizer, padding_free=t.padding_free))
+    packed = t.padding_free and ctx.task.packs_rows and ctx.method.padding_free
+    if t.padding_free and ctx.task.packs_rows and not ctx.method.padding_free:
+        ctx.notes.append(f"method {ctx.method.name} prepends virtual tokens per row: batches are padded, not packed")
+    collator = TokenCountingCollator(make_collator(ctx.tokenizer, padding_free=packed, kind=ctx.task.model_kind))
     callbacks: list[Any] = [MetricsFileCallback(ctx.run.metrics), RichProgressCallback()]
     if t.early_stopping_patience and args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
     if hasattr(model, "config"):
         model.config.use_cache = False  # packed rows + KV cache give silently wrong logits; training needs no cache
     sliced = ctx.task.model_kind == "causal_lm" and ctx.method.sliced_logits
-    trainer = trainer_class(sliced)(
+    trainer = trainer_class(sliced, ctx.class_weights)(
         model=model,
         args=args,
         train_dataset=train_rows,
@@ -156,6 +196,9 @@ def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict])
         callbacks=callbacks,
     )
     trainer.remove_callback(_printer_callback())
+    if ctx.task.model_kind == "seq_cls":
+        # classifier losses are per-batch means: let Trainer divide them across accumulation steps
+        trainer.model_accepts_loss_kwargs = False
     checkpoint = ctx.run.last_checkpoint() if ctx.resume else None
     if ctx.resume and checkpoint is None:
         info("[yellow]no checkpoint found: training from the start[/yellow]")
@@ -188,7 +231,8 @@ def save_trained(ctx: Context, model: Any, fmt: Any) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     save_weights(ctx.method, model, directory)
     ctx.tokenizer.save_pretrained(ctx.run.tokenizer_dir)
-    fmt.save(ctx.run.template)
+    if fmt is not None:
+        fmt.save(ctx.run.template)
     return directory
 
 
@@ -198,7 +242,14 @@ def train_and_save(ctx: Context, model: Any, train_rows: list, eval_rows: list, 
     stats = fit(ctx, model, train_rows, eval_rows)
     stats.pop("trainer")
     weights = save_trained(ctx, model, fmt)
-    return {"model": model, "trainable": trainable, "training": stats, "weights": str(weights)}
+    ctx.model = model
+    return {
+        "model": model,
+        "trainable": trainable,
+        "training": stats,
+        "weights": str(weights),
+        "weight_memory": ctx.weight_memory,
+    }
 
 
 def write_results(ctx: Context, trained: dict[str, Any], *, base: Any, tuned: Any, n_test: int) -> dict[str, Any]:

@@ -67,7 +67,7 @@ def block_perplexity(model: Any, blocks: list[dict[str, Any]], batch_size: int, 
 def run(ctx: Context) -> dict[str, Any]:
     cfg = ctx.cfg
     setup(ctx)
-    splits = load_data(ctx, allowed_shapes=("text",))
+    splits = load_data(ctx)
     fmt = PromptFormat.build(ctx.tokenizer, shape="text")
     train_rows = pack(ctx, fmt, splits.train)
     eval_rows = pack(ctx, fmt, splits.validation)

@@ -22,8 +22,6 @@ from tunelab.stages.common import (
     write_results,
 )
 
-SHAPES = ("qa", "alpaca", "prompt_completion", "input_output", "messages", "conversations")
-
 
 def tokenize(ctx: Context, fmt: PromptFormat, examples: list, split: str) -> list[dict[str, Any]]:
     max_length = ctx.cfg.data.max_length
@@ -46,7 +44,7 @@ def tokenize(ctx: Context, fmt: PromptFormat, examples: list, split: str) -> lis
 def run(ctx: Context) -> dict[str, Any]:
     cfg = ctx.cfg
     setup(ctx)
-    splits = load_data(ctx, allowed_shapes=SHAPES)
+    splits = load_data(ctx)
     fmt = PromptFormat.build(
         ctx.tokenizer,
         shape=splits.shape,

@@ -57,9 +57,11 @@ class TokenCountingCollator:
         return self.collate(features)
 
 
-def make_collator(tokenizer: Any, *, padding_free: bool) -> Any:
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+def make_collator(tokenizer: Any, *, padding_free: bool, kind: str = "causal_lm") -> Any:
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, DataCollatorWithPadding
 
+    if kind == "seq_cls":
+        return DataCollatorWithPadding(tokenizer, return_tensors="pt")
     if padding_free:
         # rows are concatenated into one sequence with restarting position_ids: no FLOPs on padding,
         # and sdpa keeps the rows from attending to each other (checked equal to separate rows)
@@ -206,9 +208,29 @@ def response_only_loss(
     return (loss, outputs) if return_outputs else loss
 
 
-def trainer_class(sliced_logits: bool) -> type:
+def weighted_classification_loss(model: Any, inputs: dict[str, Any], weights: list[float], num_items: Any = None,
+                                 *, return_outputs: bool = False) -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    outputs = model(**inputs)
+    w = torch.tensor(weights, dtype=torch.float32, device=outputs.logits.device)
+    loss = F.cross_entropy(outputs.logits.float(), labels, weight=w)
+    return (loss, outputs) if return_outputs else loss
+
+
+def trainer_class(sliced_logits: bool, class_weights: list[float] | None = None) -> type:
     from transformers import Trainer
 
+    if class_weights is not None:
+
+        class WeightedLossTrainer(Trainer):
+            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+                return weighted_classification_loss(model, inputs, class_weights, return_outputs=return_outputs)
+
+        return WeightedLossTrainer
     if not sliced_logits:
         return Trainer
 

@@ -1,0 +1,441 @@
+"""Multiple-choice benchmarks scored by log-likelihood, the way lm-evaluation-harness scores ARC,
+HellaSwag and MMLU: for each choice, the summed log-probability of the choice's tokens after the
+question; the prediction is the most likely choice (``acc``) or the most likely per byte of the
+choice's text (``acc_norm``, which removes the bias towards short answers).
+
+The question is put in the run's own prompt format (its chat template or custom template), exactly
+as in training, and each choice is scored as the response. So a run fine-tuned on question → answer
+rows is scored the way it was taught, and the base model is scored through the same format.
+
+Rows (``.jsonl``), one question each, in any of these layouts:
+
+* ``{"question": "...", "choices": ["...", ...], "answer": 2}`` — answer as index, letter ("C") or
+  the text of the right choice (``label``/``gold`` are accepted for ``answer``);
+* ARC: ``{"question": {"stem": "...", "choices": [{"label": "A", "text": "..."}]}, "answerKey": "A"}``
+  or ``{"question": "...", "choices": {"label": [...], "text": [...]}, "answerKey": "A"}``;
+* HellaSwag: ``{"ctx": "...", "endings": ["...", ...], "label": 0}``;
+* MMLU as CSV-style columns: ``{"question": "...", "A": "...", "B": "...", ..., "answer": "B"}``.
+
+``builtin:mini_mc`` (also the default) is a small task shipped with tunelab: 60 everyday
+general-knowledge questions with four choices each, written for tunelab.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import TunelabError
+
+__all__ = ["BUILTIN_TASKS", "MCItem", "bench", "load_task", "run_harness", "score_items"]
+
+TASKS_DIR = Path(__file__).parent / "tasks"
+BUILTIN_TASKS = {"mini_mc": TASKS_DIR / "mini_mc.jsonl"}
+_LETTERS = string.ascii_uppercase
+
+
+@dataclass
+class MCItem:
+    question: str
+    choices: list[str]
+    gold: int
+    source: str
+
+
+def _task_path(task: str | Path) -> tuple[Path, str]:
+    text = str(task)
+    name = text.removeprefix("builtin:")
+    if name in BUILTIN_TASKS and (text.startswith("builtin:") or not Path(text).exists()):
+        return BUILTIN_TASKS[name], f"builtin:{name}"
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise TunelabError(
+            "task file not found",
+            file=text,
+            expected=f"a .jsonl file of multiple-choice rows, or a built-in task ({', '.join('builtin:' + n for n in BUILTIN_TASKS)})",
+        )
+    return path, str(path)
+
+
+def _gold(value: Any, choices: list[str], labels: list[str] | None, where: dict) -> int:
+    if isinstance(value, bool):
+        value = None
+    if isinstance(value, int):
+        index = value
+    elif isinstance(value, str) and labels and value.strip() in labels:
+        index = labels.index(value.strip())
+    elif isinstance(value, str) and value.strip().isdigit():
+        index = int(value.strip())
+    elif isinstance(value, str) and len(value.strip()) == 1 and value.strip().upper() in _LETTERS:
+        index = _LETTERS.index(value.strip().upper())
+    elif isinstance(value, str) and value in choices:
+        index = choices.index(value)
+    else:
+        raise TunelabError(
+            f"answer {value!r} is not an index, a letter or one of the choices",
+            **where,
+            field="answer",
+            expected="the right choice as an index (0-based), a letter (A, B, …) or its text",
+        )
+    if not 0 <= index < len(choices):
+        raise TunelabError(
+            f"answer {value!r} is out of range for {len(choices)} choices", **where, field="answer",
+            expected=f"an index from 0 to {len(choices) - 1}",
+        )
+    return index
+
+
+def _parse(row: Any, where: dict) -> MCItem:
+    if not isinstance(row, dict):
+        raise TunelabError(f"a line holds a {type(row).__name__}", **where, expected="a JSON object")
+    labels: list[str] | None = None
+    question: Any
+    if isinstance(row.get("question"), dict):  # ARC (original JSONL)
+        q = row["question"]
+        question = q.get("stem")
+        items = q.get("choices") or []
+        choices = [c.get("text") for c in items if isinstance(c, dict)]
+        labels = [str(c.get("label")) for c in items if isinstance(c, dict)]
+        answer = row.get("answerKey")
+    elif "ctx" in row and "endings" in row:  # HellaSwag
+        question, choices, answer = row["ctx"], row["endings"], row.get("label")
+    elif isinstance(row.get("choices"), dict):  # ARC (HF datasets layout)
+        question = row.get("question")
+        choices = list(row["choices"].get("text") or [])
+        labels = [str(x) for x in row["choices"].get("label") or []]
+        answer = row.get("answerKey", row.get("answer"))
+    elif "choices" in row or "options" in row:
+        question = row.get("question", row.get("prompt"))
+        choices = row.get("choices", row.get("options"))
+        answer = next((row[k] for k in ("answer", "label", "gold", "answerKey") if k in row), None)
+    elif "A" in row and "B" in row:  # MMLU columns
+        question = row.get("question")
+        labels = [c for c in _LETTERS if c in row]
+        choices = [row[c] for c in labels]
+        answer = row.get("answer", row.get("target"))
+    else:
+        keys = ", ".join(map(repr, row)) or "(none)"
+        raise TunelabError(
+            f"not a multiple-choice row; the row has keys {keys}",
+            **where,
+            expected='{"question": ..., "choices": [...], "answer": index or letter} (or ARC/HellaSwag/MMLU layouts)',
+        )
+    if not isinstance(question, str) or not question.strip():
+        raise TunelabError("missing or empty question", **where, field="question", expected="a non-empty string")
+    if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
+        raise TunelabError(
+            "choices must be a list of at least two non-empty strings", **where, field="choices",
+            expected='["first choice", "second choice", ...]',
+        )
+    if answer is None:
+        raise TunelabError("missing answer", **where, field="answer", expected="the right choice as an index or letter")
+    gold = _gold(answer, choices, labels, where)
+    return MCItem(question=question.strip(), choices=[c.strip() for c in choices], gold=gold,
+                  source=f"{where['file']}:{where['line']}")
+
+
+def load_task(task: str | Path, *, limit: int | None = None) -> tuple[list[MCItem], str]:
+    """(items, task label) from a built-in name or a ``.jsonl`` file; bad rows raise with file:line."""
+    path, label = _task_path(task)
+    items: list[MCItem] = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = {"file": label, "line": n}
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TunelabError(f"invalid JSON: {exc.msg}", **where, expected="one JSON object per line") from None
+        items.append(_parse(row, where))
+        if limit and len(items) >= limit:
+            break
+    if not items:
+        raise TunelabError("no rows", file=label, expected="at least one multiple-choice row")
+    return items, label
+
+
+def _context_ids(item: MCItem, fmt: Any, shape: str, tokenizer: Any) -> list[int]:
+    from tunelab.data.templates import example_from_prompt
+
+    if fmt.kind == "text":
+        return tokenizer(item.question, add_special_tokens=True)["input_ids"]
+    return fmt.prompt_ids(example_from_prompt(item.question, fmt, shape), tokenizer)
+
+
+def _continuation_ids(choice: str, fmt: Any, tokenizer: Any) -> list[int]:
+    # the response is encoded on its own, as training encodes the response segment
+    text = " " + choice if fmt.kind == "text" else choice
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def score_items(
+    model: Any, tokenizer: Any, fmt: Any, shape: str, items: list[MCItem], *, batch_size: int = 16,
+    max_batch_tokens: int = 2048,
+) -> list[list[float]]:
+    """Summed log-likelihood of every choice of every item (nats), teacher-forced in padded batches."""
+    import torch
+
+    config = getattr(model, "config", None)
+    limit = int(getattr(config, "max_position_embeddings", 2048) or 2048)
+    requests: list[tuple[int, int, list[int], int]] = []  # (item, choice, ids, n_continuation)
+    for i, item in enumerate(items):
+        ctx = _context_ids(item, fmt, shape, tokenizer)
+        for j, choice in enumerate(item.choices):
+            cont = _continuation_ids(choice, fmt, tokenizer)
+            if not cont:
+                raise TunelabError(f"choice {j} tokenizes to nothing", file=item.source, field="choices")
+            ids = (ctx + cont)[-limit:]
+            requests.append((i, j, ids, min(len(cont), len(ids) - 1)))
+    lls = [[0.0] * len(item.choices) for item in items]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    order = sorted(range(len(requests)), key=lambda k: -len(requests[k][2]))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        start = 0
+        while start < len(order):
+            width = len(requests[order[start]][2])
+            rows = max(1, min(batch_size, max_batch_tokens // max(width, 1)))
+            idx = order[start : start + rows]
+            start += len(idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for r, k in enumerate(idx):
+                seq = requests[k][2]
+                ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+                mask[r, : len(seq)] = 1
+            with torch.inference_mode():
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            logits = logits[:, -width:]  # prompt-tuning methods prepend virtual tokens to the logits
+            for r, k in enumerate(idx):
+                i, j, seq, n_cont = requests[k]
+                end = len(seq)
+                # logits at position t predict token t + 1
+                logp = torch.log_softmax(logits[r, end - n_cont - 1 : end - 1].float(), dim=-1)
+                target = ids[r, end - n_cont : end].to(logp.device)
+                lls[i][j] = float(logp.gather(-1, target.unsqueeze(-1)).sum())
+    finally:
+        model.train(was_training)
+    return lls
+
+
+def _argmax(values: list[float]) -> int:
+    return max(range(len(values)), key=lambda k: (values[k], -k))
+
+
+def summarise(items: list[MCItem], lls: list[list[float]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """acc / acc_norm (×100), chance level, and one row per item."""
+    rows = []
+    for item, ll in zip(items, lls, strict=True):
+        norm = [v / max(1, len(c.encode("utf-8"))) for v, c in zip(ll, item.choices, strict=True)]
+        pred, pred_norm = _argmax(ll), _argmax(norm)
+        rows.append(
+            {
+                "source": item.source,
+                "question": item.question,
+                "choices": item.choices,
+                "gold": item.gold,
+                "pred": pred,
+                "pred_norm": pred_norm,
+                "acc": 100.0 if pred == item.gold else 0.0,
+                "acc_norm": 100.0 if pred_norm == item.gold else 0.0,
+                "loglikelihoods": ll,
+            }
+        )
+    n = len(rows)
+    metrics = {
+        "acc": sum(r["acc"] for r in rows) / n,
+        "acc_norm": sum(r["acc_norm"] for r in rows) / n,
+        "chance": 100.0 * sum(1 / len(it.choices) for it in items) / n,
+        "n": n,
+    }
+    return metrics, rows
+
+
+def bench(
+    run_dir: str | Path,
+    *,
+    task: str | Path = "builtin:mini_mc",
+    with_base: bool = False,
+    out_dir: str | Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 16,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Score a run's model (and optionally its base model) on a multiple-choice task; writes bench.json,
+    predictions.jsonl and report.html to ``out_dir`` (default RUN/bench/TASK)."""
+    from tunelab.evaluation import bootstrap as B
+    from tunelab.evaluation.compare import BASE, ModelResult, _load_model, _run_config
+    from tunelab.progress import info, quiet_libraries
+    from tunelab.run import write_json_atomic, write_jsonl_atomic
+
+    quiet_libraries()
+    items, label = load_task(task, limit=limit)
+    run, cfg = _run_config(Path(run_dir))
+    if not run.template.is_file():
+        raise TunelabError(
+            f"a {cfg.task} run has no language-model head to score answers with",
+            file=str(run.path),
+            expected="a run of a causal language model (task sft or pretrain)",
+        )
+    from tunelab import api
+
+    models: dict[str, dict[str, Any]] = {}
+    specs = ([BASE] if with_base else []) + [run.path.name]
+    for name in specs:
+        info(f"[cyan]bench[/cyan] {name} on {label} ({len(items)} questions)")
+        if name == BASE:
+            model, tokenizer, fmt = _load_model(ModelResult(name=BASE, run_dir=run.path, is_base=True), cfg)
+            shape = _shape(fmt)
+        else:
+            loaded = api.load_run(run.path)
+            model, tokenizer, fmt, shape = loaded.model, loaded.tokenizer, loaded.fmt, loaded.shape
+        lls = score_items(model, tokenizer, fmt, shape, items, batch_size=batch_size)
+        del model
+        metrics, rows = summarise(items, lls)
+        models[name] = {"metrics": metrics, "rows": rows}
+
+    weights = B.resample_weights(len(items), resamples, seed)
+    table = []
+    names = list(models)
+    baseline = BASE if with_base else None
+    for metric in ("acc", "acc_norm"):
+        row: dict[str, Any] = {"metric": metric, "values": {}, "intervals": {}, "deltas": {}}
+        for name in names:
+            values = [r[metric] for r in models[name]["rows"]]
+            ci = B.bootstrap_interval(B.mean_metric(metric), values, weights=weights)
+            row["values"][name] = ci["value"]
+            row["intervals"][name] = {"low": ci["low"], "high": ci["high"]}
+            if baseline and name != baseline:
+                base_values = [r[metric] for r in models[baseline]["rows"]]
+                row["deltas"][name] = B.paired_bootstrap(B.mean_metric(metric), base_values, values, weights=weights)
+        table.append(row)
+
+    out = Path(out_dir) if out_dir else run.path / "bench" / _slug(label)
+    out.mkdir(parents=True, exist_ok=True)
+    chance = models[names[-1]]["metrics"]["chance"]
+    result = {
+        "task": label,
+        "n": len(items),
+        "chance": chance,
+        "models": {name: m["metrics"] for name, m in models.items()},
+        "table": table,
+        "baseline": baseline,
+        "scoring": "log-likelihood of each choice as the response to the question in the run's prompt format; "
+        "acc_norm divides by the choice's length in UTF-8 bytes",
+    }
+    write_json_atomic(out / "bench.json", result)
+    pred_rows = []
+    for k, item in enumerate(items):
+        pred_rows.append(
+            {
+                "source": item.source,
+                "question": item.question,
+                "choices": item.choices,
+                "gold": item.gold,
+                **{
+                    name: {key: models[name]["rows"][k][key] for key in ("pred", "pred_norm", "acc", "acc_norm", "loglikelihoods")}
+                    for name in names
+                },
+            }
+        )
+    write_jsonl_atomic(out / "predictions.jsonl", pred_rows)
+    result["out_dir"] = str(out)
+    result["report"] = str(_report(out, label, names, baseline, table, items, models, chance, resamples))
+    return result
+
+
+def _shape(fmt: Any) -> str:
+    if fmt.kind == "text":
+        return "text"
+    if fmt.kind == "custom":
+        from tunelab.data.shapes import RESPONSE_FIELD
+
+        return next((s for s, f in RESPONSE_FIELD.items() if f == fmt.response_field), "qa")
+    return "messages"
+
+
+def _slug(label: str) -> str:
+    name = Path(label.removeprefix("builtin:")).stem
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "task"
+
+
+def _report(out: Path, label: str, names: list[str], baseline: str | None, table: list, items: list[MCItem],
+            models: dict, chance: float, resamples: int) -> Path:
+    from tunelab.evaluation.report import write_report
+
+    columns = [
+        {"key": "id", "label": "#", "kind": "num"},
+        {"key": "question", "label": "question", "kind": "text"},
+        {"key": "answer", "label": "answer", "kind": "text"},
+    ]
+    for name in names:
+        columns += [
+            {"key": f"{name} pick", "label": f"{name} pick", "kind": "text"},
+            {"key": f"{name} acc", "label": f"{name} acc", "kind": "num"},
+            {"key": f"{name} pick (norm)", "label": f"{name} pick (norm)", "kind": "text"},
+        ]
+    rows = []
+    for k, item in enumerate(items):
+        row: dict[str, Any] = {"id": k + 1, "question": item.question, "answer": item.choices[item.gold]}
+        flags = []
+        for name in names:
+            r = models[name]["rows"][k]
+            row[f"{name} pick"] = item.choices[r["pred"]]
+            row[f"{name} acc"] = r["acc"]
+            row[f"{name} pick (norm)"] = item.choices[r["pred_norm"]]
+        if baseline:
+            b = models[baseline]["rows"][k]["acc"]
+            for name in names:
+                if name != baseline:
+                    d = models[name]["rows"][k]["acc"] - b
+                    flags.append("regression" if d < 0 else "improvement" if d > 0 else "tie")
+        row["_flags"] = " ".join(sorted(set(flags)))
+        rows.append(row)
+    return write_report(
+        out / "report.html",
+        title=f"tunelab bench: {label}",
+        config={"task": label, "models": names, "scoring": "log-likelihood (lm-evaluation-harness style)"},
+        summary={"task": label, "questions": len(items), "chance level (%)": round(chance, 2), "models": ", ".join(names)},
+        metrics_table=[],
+        plots={},
+        samples=[],
+        notes=[
+            "acc: the choice with the highest summed log-likelihood; acc_norm: highest log-likelihood per byte",
+            f"95% intervals: percentile bootstrap over {resamples} resamples of the questions; differences paired",
+        ],
+        comparison={"models": names, "baseline": baseline, "rows": table, "n": len(items), "resamples": resamples},
+        examples={"columns": columns, "rows": rows, "flags": ["regression", "improvement", "tie"] if baseline else [],
+                  "primary": "acc"},
+    )
+
+
+def harness_available() -> bool:
+    return importlib.util.find_spec("lm_eval") is not None
+
+
+def run_harness(run_dir: str | Path, task: str, *, limit: int | None = None, batch_size: int = 8) -> dict[str, Any]:
+    """Run an lm-evaluation-harness task on the run's model (needs ``pip install lm-eval`` and the
+    task's data available offline)."""
+    if not harness_available():
+        raise TunelabError(
+            "lm-evaluation-harness is not installed",
+            field="--harness",
+            expected="`pip install lm-eval` (its tasks download data sets, so they also need the data offline), "
+            "or --task FILE.jsonl for tunelab's own log-likelihood scoring",
+        )
+    from lm_eval import simple_evaluate  # type: ignore[import-not-found]
+    from lm_eval.models.huggingface import HFLM  # type: ignore[import-not-found]
+
+    from tunelab import api
+
+    loaded = api.load_run(run_dir)
+    lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size)
+    results = simple_evaluate(model=lm, tasks=[task], limit=limit)
+    return {"task": task, "results": (results or {}).get("results", {})}

@@ -1,0 +1,1 @@
+"""`tunelab serve`: an OpenAI-compatible HTTP API (FastAPI + uvicorn) for a finished run."""

@@ -1,0 +1,517 @@
+"""An OpenAI-compatible HTTP API for a run: `GET /v1/models`, `POST /v1/chat/completions`,
+`POST /v1/completions` (both with `stream: true` as server-sent events).
+
+- Chat prompts are formatted with the run's training template, token for token as `tunelab
+  generate` does, so a greedy chat answer equals `tunelab generate`'s. `/v1/completions` continues
+  the prompt as raw text.
+- One worker thread owns the model. Requests wait in a bounded queue; whatever has queued up while
+  the model was busy is decoded together as one batch (up to `max_batch` rows), and each row streams
+  its own tokens. The model is never used by two threads at once.
+- With an API key, every request needs `Authorization: Bearer KEY` (401 otherwise).
+- Bad input gets an OpenAI-style JSON error with a 4xx status: {"error": {"message", "type",
+  "param", "code"}}; only a bug inside the server is a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import queue
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tunelab.inference.chat import (
+    SamplingOptions,
+    Sequence,
+    context_length,
+    conversation_ids,
+    stream_generate,
+)
+
+MAX_BODY_BYTES = 2 * 1024 * 1024
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+# -- request bodies ------------------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    # unknown fields from newer clients are ignored; the ones we cannot honour are refused below
+    model_config = ConfigDict(extra="allow")
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
+
+
+class _Sampling(_Body):
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: int | None = Field(None, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    logprobs: bool | int | None = None
+
+    def stops(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > 4:
+            raise ApiError(400, "stop: at most 4 stop sequences", param="stop")
+        if any(not s for s in stops):
+            raise ApiError(400, "stop: stop sequences must be non-empty", param="stop")
+        return stops
+
+    def check_supported(self) -> None:
+        if self.n not in (None, 1):
+            raise ApiError(400, "n: only n=1 is supported", param="n")
+        if self.logprobs:
+            raise ApiError(400, "logprobs: not supported by this server", param="logprobs")
+
+
+class ChatRequest(_Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.tools:
+            raise ApiError(400, "tools: tool calling is not supported by this server", param="tools")
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            raise ApiError(400, "response_format: only {'type': 'text'} is supported", param="response_format")
+        if self.messages[-1].role == "assistant":
+            raise ApiError(400, "messages: the last message must be a user or system message", param="messages")
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int]
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.echo:
+            raise ApiError(400, "echo: not supported by this server", param="echo")
+        if self.suffix:
+            raise ApiError(400, "suffix: not supported by this server", param="suffix")
+        if self.best_of not in (None, 1):
+            raise ApiError(400, "best_of: only 1 is supported", param="best_of")
+
+
+def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err.get("loc", ()) if not str(p).startswith("function-"))
+    msg = err.get("msg", "invalid value")
+    if err.get("type") == "missing":
+        msg = "required field is missing"
+    return (f"{loc}: {msg}" if loc else msg), (loc or None)
+
+
+# -- the worker ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    prompt_ids: list[int]
+    options: SamplingOptions
+    emit: Callable[[tuple], None]  # called from the worker thread: ("text", s) / ("done", row) / ("error", msg)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+class Engine:
+    """Owns the model; decodes queued jobs in batches on one thread."""
+
+    def __init__(self, loaded: Any, *, max_batch: int = 8, max_queue: int = 64) -> None:
+        self.loaded = loaded
+        self.max_batch = max(1, max_batch)
+        self.jobs: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
+        self.context = context_length(loaded.model)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.batches = 0  # how many batches were decoded (for tests and stats)
+        self.largest_batch = 0
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="tunelab-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        while True:  # requests still queued get an answer instead of waiting forever
+            try:
+                self.jobs.get_nowait().emit(("error", "the server is shutting down"))
+            except queue.Empty:
+                break
+
+    def submit(self, job: Job) -> None:
+        try:
+            self.jobs.put_nowait(job)
+        except queue.Full:
+            raise ApiError(503, "the server is busy (request queue full); retry shortly",
+                           type_="server_error", code="server_busy") from None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                first = self.jobs.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self.jobs.get_nowait())
+                except queue.Empty:
+                    break
+            batch = [j for j in batch if not j.cancelled.is_set()]
+            if not batch:
+                continue
+            self.batches += 1
+            self.largest_batch = max(self.largest_batch, len(batch))
+            rows = [
+                Sequence(j.prompt_ids, j.options, on_text=lambda s, j=j: j.emit(("text", s)),
+                         cancelled=j.cancelled.is_set)
+                for j in batch
+            ]
+            try:
+                stream_generate(self.loaded.model, self.loaded.tokenizer, rows)
+            except Exception as exc:  # noqa: BLE001 - a failed batch fails its requests, not the server
+                for j in batch:
+                    j.emit(("error", f"{type(exc).__name__}: {exc}"))
+                continue
+            for j, row in zip(batch, rows, strict=True):
+                j.emit(("done", row))
+
+
+# -- the app -------------------------------------------------------------------------------------
+
+
+def create_app(loaded: Any, *, api_key: str | None = None, model_id: str | None = None, max_batch: int = 8,
+               max_queue: int = 64, default_max_tokens: int = 512, engine: Engine | None = None) -> Any:
+    """The FastAPI app serving LOADED (a `tunelab.api.LoadedRun` of a generative run)."""
+    from contextlib import asynccontextmanager
+
+    from tunelab.inference.chat import require_generative
+
+    require_generative(loaded)
+    engine = engine or Engine(loaded, max_batch=max_batch, max_queue=max_queue)
+    model_id = model_id or loaded.run.path.name
+    created = int(time.time())
+    tokenizer = loaded.tokenizer
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        engine.start()
+        try:
+            yield
+        finally:
+            engine.stop()
+
+    app = FastAPI(title="tunelab", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.engine = engine
+
+    def error_response(exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(ApiError(400, str(exc.errors()[0].get("msg", "invalid request"))))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return error_response(ApiError(exc.status_code, message, code=code))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(ApiError(500, f"internal server error: {type(exc).__name__}", type_="server_error"))
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next: Any) -> Any:
+        if api_key is not None and request.url.path != "/health":
+            header = request.headers.get("authorization", "")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+                message = ("missing API key: send the header 'Authorization: Bearer KEY'" if not header
+                           else "invalid API key")
+                return error_response(ApiError(401, message, code="invalid_api_key"))
+        return await call_next(request)
+
+    async def parse(request: Request, cls: type[BaseModel]) -> Any:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise ApiError(413, f"request body is larger than {MAX_BODY_BYTES} bytes", code="request_too_large")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise ApiError(413, f"request body is larger than {MAX_BODY_BYTES} bytes", code="request_too_large")
+            chunks.append(chunk)
+        try:
+            data = json.loads(b"".join(chunks))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"could not parse the request body as JSON: {exc}", code="invalid_json") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "the request body must be a JSON object", code="invalid_json")
+        try:
+            body = cls.model_validate(data)
+        except ValidationError as exc:
+            message, param = _validation_message(exc)
+            raise ApiError(400, message, param=param) from None
+        body.check_supported()
+        return body
+
+    def sampling(body: _Sampling, n_prompt: int, requested: int | None) -> SamplingOptions:
+        limit = engine.context
+        if limit is not None and n_prompt >= limit:
+            raise ApiError(400, f"the prompt is {n_prompt} tokens; this model's maximum context length is {limit} "
+                           "tokens", param="messages" if isinstance(body, ChatRequest) else "prompt",
+                           code="context_length_exceeded")
+        room = (limit - n_prompt) if limit is not None else default_max_tokens
+        if requested is not None and requested > room:
+            raise ApiError(400, f"this model's maximum context length is {limit} tokens; you requested {n_prompt + requested}"
+                           f" ({n_prompt} in the prompt, {requested} for the completion)",
+                           param="max_tokens", code="context_length_exceeded")
+        max_tokens = requested if requested is not None else min(default_max_tokens, room)
+        temperature = 1.0 if body.temperature is None else body.temperature
+        top_p = 1.0 if body.top_p is None else body.top_p
+        if top_p == 0:
+            temperature = 0.0
+        return SamplingOptions(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=body.seed,
+                               stop=body.stops())
+
+    def usage(n_prompt: int, row: Sequence) -> dict[str, int]:
+        return {"prompt_tokens": n_prompt, "completion_tokens": len(row.token_ids),
+                "total_tokens": n_prompt + len(row.token_ids)}
+
+    def finish_reason(row: Sequence) -> str:
+        return "length" if row.finish_reason == "length" else "stop"
+
+    async def run_job(ids: list[int], options: SamplingOptions) -> tuple[Job, asyncio.Queue]:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def emit(event: tuple) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the loop is gone (server shutting down)
+                pass
+
+        job = Job(ids, options, emit)
+        engine.submit(job)
+        return job, events
+
+    async def collect(job: Job, events: asyncio.Queue) -> Sequence:
+        try:
+            while True:
+                kind, value = await events.get()
+                if kind == "done":
+                    return value
+                if kind == "error":
+                    raise ApiError(500, f"generation failed: {value}", type_="server_error")
+        finally:
+            job.cancelled.set()  # no-op when finished; stops decoding if the client went away
+
+    def sse(payload: Any) -> bytes:
+        return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
+
+    async def stream(job: Job, events: asyncio.Queue, chunk: Callable[[dict, str | None], dict],
+                     first: dict | None, n_prompt: int, include_usage: bool, base: dict) -> AsyncIterator[bytes]:
+        try:
+            if first is not None:
+                yield sse(chunk(first, None))
+            while True:
+                kind, value = await events.get()
+                if kind == "text":
+                    yield sse(chunk({"content": value}, None))
+                elif kind == "done":
+                    yield sse(chunk({}, finish_reason(value)))
+                    if include_usage:
+                        yield sse({**base, "choices": [], "usage": usage(n_prompt, value)})
+                    break
+                else:
+                    yield sse({"error": {"message": f"generation failed: {value}", "type": "server_error",
+                                         "param": None, "code": None}})
+                    break
+            yield b"data: [DONE]\n\n"
+        finally:
+            job.cancelled.set()
+
+    sse_headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    def model_card() -> dict[str, Any]:
+        return {"id": model_id, "object": "model", "created": created, "owned_by": "tunelab"}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str) -> dict[str, Any]:
+        if name != model_id:
+            raise ApiError(404, f"the model {name!r} does not exist; this server serves {model_id!r}",
+                           param="model", code="model_not_found")
+        return model_card()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        body: ChatRequest = await parse(request, ChatRequest)
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in body.messages]
+        try:
+            ids = conversation_ids(loaded, messages)
+        except Exception as exc:  # noqa: BLE001 - a template that rejects these messages (e.g. no system role)
+            raise ApiError(400, f"messages: cannot be formatted with this model's chat template: {exc}",
+                           param="messages") from None
+        options = sampling(body, len(ids), body.max_completion_tokens or body.max_tokens)
+        job, events = await run_job(ids, options)
+        base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model_id,
+                "system_fingerprint": None}
+        if body.stream:
+            def chunk(delta: dict, reason: str | None) -> dict:
+                return {**base, "object": "chat.completion.chunk",
+                        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}]}
+
+            include = bool(body.stream_options and body.stream_options.include_usage)
+            gen = stream(job, events, chunk, {"role": "assistant", "content": ""}, len(ids), include,
+                         {**base, "object": "chat.completion.chunk"})
+            return StreamingResponse(gen, media_type="text/event-stream", headers=sse_headers)
+        row = await collect(job, events)
+        return {**base, "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": row.text},
+                             "logprobs": None, "finish_reason": finish_reason(row)}],
+                "usage": usage(len(ids), row)}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        body: CompletionRequest = await parse(request, CompletionRequest)
+        prompt = body.prompt
+        if isinstance(prompt, list):
+            if prompt and all(isinstance(p, int) for p in prompt):
+                vocab = len(tokenizer)
+                if any(p < 0 or p >= vocab for p in prompt):
+                    raise ApiError(400, f"prompt: token ids must be in [0, {vocab})", param="prompt")
+                ids = list(prompt)
+            elif len(prompt) == 1:
+                ids = tokenizer(prompt[0])["input_ids"]
+            else:
+                raise ApiError(400, "prompt: give one prompt per request", param="prompt")
+        else:
+            ids = tokenizer(prompt)["input_ids"]
+        if not ids:
+            raise ApiError(400, "prompt: is empty", param="prompt")
+        options = sampling(body, len(ids), body.max_tokens if body.max_tokens is not None else None)
+        job, events = await run_job(ids, options)
+        base = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model_id,
+                "system_fingerprint": None}
+        if body.stream:
+            def chunk(delta: dict, reason: str | None) -> dict:
+                return {**base, "object": "text_completion",
+                        "choices": [{"index": 0, "text": delta.get("content", ""), "logprobs": None,
+                                     "finish_reason": reason}]}
+
+            include = bool(body.stream_options and body.stream_options.include_usage)
+            gen = stream(job, events, chunk, None, len(ids), include, {**base, "object": "text_completion"})
+            return StreamingResponse(gen, media_type="text/event-stream", headers=sse_headers)
+        row = await collect(job, events)
+        return {**base, "object": "text_completion",
+                "choices": [{"index": 0, "text": row.text, "logprobs": None, "finish_reason": finish_reason(row)}],
+                "usage": usage(len(ids), row)}
+
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(run_dir: Any, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          model_id: str | None = None, max_batch: int = 8, default_max_tokens: int = 512, threads: int | None = None,
+          log: Callable[[str], None] = print) -> None:
+    """Load a run and serve it until interrupted (`tunelab serve`)."""
+    import uvicorn
+
+    from tunelab.api import load_run
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    loaded = load_run(run_dir)
+    app = create_app(loaded, api_key=api_key, model_id=model_id, max_batch=max_batch,
+                     default_max_tokens=default_max_tokens)
+    name = model_id or loaded.run.path.name
+    shown = f"[{host}]" if ":" in host else host
+    log(f"serving {loaded.run.path} as model {name!r} on http://{shown}:{port}/v1 "
+        f"({'API key required' if api_key else 'no API key'}; batches of up to {max_batch}); Ctrl-C stops")
+    if not is_loopback(host) and not api_key:
+        log(f"warning: listening on {host} without --api-key: anyone who can reach this port can use the model")
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -1,0 +1,139 @@
+"""Sequence classification: text → label with a classification head on an encoder or a decoder LLM.
+
+The recipe: load labelled rows → map labels to ids (stored with the run) → tokenize → evaluate the
+untrained head → apply the method → train → save → evaluate on the same held-out rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from tunelab.errors import TunelabError
+from tunelab.evaluation.metrics import classification_metrics
+from tunelab.progress import info, make_progress
+from tunelab.stages.common import Context, load_base_model, load_data, setup, train_and_save, write_results
+
+
+def label_names(ctx: Context, train: list, given: list[str] | None) -> list[str]:
+    found = sorted({str(ex.fields["label"]) for ex in train}, key=_natural)
+    if given is None:
+        if len(found) < 2:
+            raise TunelabError(
+                f"only one label ({found[0] if found else 'none'}) in the training data",
+                file=ctx.cfg.data.train,
+                field="label",
+                expected="at least two classes",
+            )
+        return found
+    unknown = [label for label in found if label not in given]
+    if unknown:
+        raise TunelabError(
+            f"label {unknown[0]!r} is not in classify.labels", file=ctx.cfg.data.train, field="label",
+            expected=f"one of {', '.join(given)}",
+        )
+    return list(given)
+
+
+def _natural(label: str) -> tuple:
+    return (0, int(label), "") if label.lstrip("-").isdigit() else (1, 0, label)
+
+
+def encode(ctx: Context, examples: list, label_ids: dict[str, int]) -> list[dict[str, Any]]:
+    rows = []
+    for ex in examples:
+        label = str(ex.fields["label"])
+        if label not in label_ids:
+            raise TunelabError(
+                f"label {label!r} does not occur in the training data", file=ex.source, field="label",
+                expected=f"one of {', '.join(label_ids)}",
+            )
+        enc = ctx.tokenizer(ex.text, truncation=True, max_length=ctx.cfg.data.max_length)
+        rows.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": label_ids[label]})
+    return rows
+
+
+def predict(model: Any, tokenizer: Any, rows: list[dict[str, Any]], batch_size: int, label: str) -> list[list[float]]:
+    """Class probabilities for each row (batched, padded)."""
+    import torch
+
+    model.eval()
+    device = next(model.parameters()).device
+    probs: list[list[float]] = []
+    with make_progress() as progress:
+        task = progress.add_task(f"classify {label}", total=len(rows), info="")
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            batch = tokenizer.pad([{k: r[k] for k in ("input_ids", "attention_mask")} for r in chunk], return_tensors="pt")
+            with torch.inference_mode():
+                logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+            probs += torch.softmax(logits.float(), dim=-1).tolist()
+            progress.advance(task, len(chunk))
+    return probs
+
+
+def evaluate(model: Any, ctx: Context, rows: list[dict[str, Any]], labels: list[str], label: str) -> dict[str, Any]:
+    probs = predict(model, ctx.tokenizer, rows, ctx.cfg.evaluation.batch_size, label)
+    predictions = [max(range(len(p)), key=p.__getitem__) for p in probs]
+    metrics = classification_metrics(predictions, [r["labels"] for r in rows], labels)
+    return {"metrics": metrics, "predictions": predictions, "probabilities": probs}
+
+
+def class_weights(rows: list[dict[str, Any]], n: int) -> list[float]:
+    """'balanced' weights: total / (classes × count), as in scikit-learn."""
+    counts = Counter(r["labels"] for r in rows)
+    return [len(rows) / (n * counts[i]) if counts[i] else 0.0 for i in range(n)]
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    cfg = ctx.cfg
+    options = cfg.task_options()
+    setup(ctx)
+    splits = load_data(ctx)
+    labels = label_names(ctx, splits.train, options.labels)
+    label_ids = {name: i for i, name in enumerate(labels)}
+    (ctx.run.path / "labels.json").write_text(json.dumps(labels, ensure_ascii=False), encoding="utf-8")
+    ctx.labels = labels
+    train_rows = encode(ctx, splits.train, label_ids)
+    eval_rows = encode(ctx, splits.validation, label_ids)
+    test = splits.test[: cfg.evaluation.max_examples] if cfg.evaluation.max_examples else splits.test
+    test_rows = encode(ctx, test, label_ids)
+    counts = Counter(r["labels"] for r in train_rows)
+    ctx.notes.append("labels: " + ", ".join(f"{name} ({counts[i]} train rows)" for i, name in enumerate(labels)))
+    if options.class_weights == "balanced":
+        ctx.class_weights = class_weights(train_rows, len(labels))
+        info(f"[cyan]classify[/cyan] class weights {[round(w, 3) for w in ctx.class_weights]}")
+
+    model = load_base_model(ctx)
+    ev = cfg.evaluation
+    base = evaluate(model, ctx, test_rows, labels, "untrained head") if ev.enabled and ev.compare_base and test_rows else None
+    trained = train_and_save(ctx, model, train_rows, eval_rows, None)
+    tuned = evaluate(trained["model"], ctx, test_rows, labels, "tuned") if ev.enabled and test_rows else None
+    if tuned is not None:
+        _write_predictions(ctx, test, labels, base, tuned)
+    return write_results(
+        ctx,
+        trained,
+        base=base["metrics"] if base else None,
+        tuned=tuned["metrics"] if tuned else None,
+        n_test=len(test_rows),
+    )
+
+
+def _write_predictions(ctx: Context, examples: list, labels: list[str], base: Any, tuned: Any) -> None:
+    from tunelab.run import write_jsonl_atomic
+
+    rows = []
+    for i, ex in enumerate(examples):
+        row = {
+            "source": ex.source,
+            "input": ex.text,
+            "reference": str(ex.fields["label"]),
+            "tuned": labels[tuned["predictions"][i]],
+            "tuned_probabilities": dict(zip(labels, (round(p, 4) for p in tuned["probabilities"][i]), strict=True)),
+        }
+        if base is not None:
+            row["base"] = labels[base["predictions"][i]]
+        rows.append(row)
+    write_jsonl_atomic(ctx.run.predictions, rows)

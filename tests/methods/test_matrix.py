@@ -1,0 +1,128 @@
+"""Every method × every task on tiny random models: it trains (loss goes down), reports trainable
+parameters exactly as peft does, and reloads from disk with identical outputs."""
+
+import contextlib
+import io
+import json
+
+import pytest
+import torch
+
+import tunelab
+from tunelab.methods.registry import METHODS
+
+TASK_DATA = {"sft": "qa", "pretrain": "text", "classify": "sentiment"}
+# per-method settings that make a few steps on a tiny model show learning
+LR = {"full": 3e-3, "freeze": 1e-2, "prompt": 1e-1, "ptuning": 3e-2, "prefix": 3e-2, "ia3": 1e-1}
+OPTIONS = {"freeze": {"trainable_layers": 1}, "prompt": {"num_virtual_tokens": 4}, "ptuning": {"num_virtual_tokens": 4},
+           "prefix": {"num_virtual_tokens": 4}}
+
+
+def make_config(tmp_path, task, method, model_dir, data_file):
+    cfg = {
+        "name": f"{task}-{method}",
+        "output_dir": str(tmp_path / "runs"),
+        "model": str(model_dir),
+        "task": task,
+        "method": method,
+        "data": {"train": str(data_file), "max_length": 48, "split": {"validation": 0.1, "test": 0.1, "seed": 0}},
+        "training": {"max_steps": 24, "batch_size": 8, "lr": LR.get(method, 1e-2), "logging_steps": 4,
+                     "eval_steps": None, "save_steps": None, "precision": "fp32", "warmup_ratio": 0.0,
+                     "scheduler": "constant"},
+        "evaluation": {"max_new_tokens": 4, "batch_size": 8},
+    }
+    if method in OPTIONS:
+        cfg[method] = OPTIONS[method]
+    return cfg
+
+
+@pytest.fixture()
+def text_file(tmp_path):
+    from conftest import qa_rows
+
+    path = tmp_path / "text.jsonl"
+    path.write_text("\n".join(json.dumps({"text": f"{r['question']} {r['answer']}"}) for r in qa_rows(40)) + "\n")
+    return path
+
+
+def peft_printed(model) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        model.print_trainable_parameters()
+    return out.getvalue().strip()
+
+
+def reference_model(task, method, cfg, model_dir, labels):
+    """The same model + method built directly with transformers/peft, not through tunelab."""
+    from tunelab.config import config_from_dict
+    from tunelab.stages.registry import TASKS
+
+    c = config_from_dict(cfg)
+    t = TASKS[task]
+    from tunelab.models.loading import load_model, load_tokenizer
+
+    kwargs = {}
+    if task == "classify":
+        kwargs = {"labels": labels, "pad_token_id": load_tokenizer(model_dir).pad_token_id}
+    if METHODS[method].model_kwargs is not None:
+        kwargs.update(METHODS[method].model_kwargs(c.method_options(), "fp32"))
+    model = load_model(model_dir, t.model_kind, **kwargs)
+    return METHODS[method].apply(model, c.method_options(), t)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("task", ["sft", "pretrain", "classify"])
+def test_method_trains_reports_and_reloads(task, method, tmp_path, tiny_model, qa_file, text_file, sentiment_file):
+    model_dir = tiny_model
+    data = {"sft": qa_file, "pretrain": text_file, "classify": sentiment_file}[task]
+    cfg = make_config(tmp_path, task, method, model_dir, data)
+    result = tunelab.train(cfg)
+
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert sum(losses[-3:]) / 3 < losses[0], losses  # mean of the last logs, not one noisy step
+
+    labels = json.loads((result.run_dir / "labels.json").read_text()) if task == "classify" else None
+    reference = reference_model(task, method, cfg, model_dir, labels)
+    if hasattr(reference, "print_trainable_parameters"):
+        expected = peft_printed(reference)
+    else:  # full / freeze: what peft prints, computed from requires_grad
+        n_train = sum(p.numel() for p in reference.parameters() if p.requires_grad)
+        n_all = sum(p.numel() for p in reference.parameters())
+        expected = f"trainable params: {n_train:,d} || all params: {n_all:,d} || trainable%: {100 * n_train / n_all:.4f}"
+    assert result.results["trainable"] == expected
+
+    loaded = tunelab.load_run(result.run_dir)
+    ids = loaded.tokenizer("film number 3 from start to end was great", return_tensors="pt")
+    trained = result.model.eval()
+    with torch.no_grad():
+        before = trained(**ids).logits
+        after = loaded.model(**ids).logits
+    # every saved tensor comes back bit-identical (P-tuning saves its encoder's output embeddings
+    # instead of the encoder, by peft's design, so its check is the logits below)
+    saved = dict(trained.named_parameters())
+    for name, p in loaded.model.named_parameters():
+        if "original_module" not in name and method != "ptuning":  # original_module: peft's unused head backup
+            assert torch.equal(p.detach(), saved[name].detach()), name
+    # bitsandbytes' CPU 4-bit matmul can take another kernel path in the long-lived training process
+    # than in a fresh load (same weights and quant states, ~1e-3 apart); other methods match exactly
+    atol = 1e-2 if method == "qlora" else 1e-5
+    assert torch.allclose(before, after, atol=atol), (before - after).abs().max()
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "freeze"])
+def test_classification_on_an_encoder(method, tmp_path, tiny_bert, sentiment_file):
+    """BERT-style encoders pool [CLS] (right padding); decoders pool the last token (left padding).
+    A 2-layer, 32-wide random BERT learns too slowly to assert learning here; the real MiniLM
+    integration test and benchmarks/methods.py check that."""
+    cfg = make_config(tmp_path, "classify", method, tiny_bert, sentiment_file)
+    cfg["training"]["max_steps"] = 6
+    result = tunelab.train(cfg)
+    assert set(result.results["metrics"]["tuned"]) >= {"accuracy", "macro_f1", "confusion_matrix"}
+    loaded = tunelab.load_run(result.run_dir)
+    assert loaded.tokenizer.padding_side == "right"
+    ids = loaded.tokenizer(["film number 3 was great", "a dull one"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(result.model.eval()(**ids).logits, loaded.model(**ids).logits, atol=1e-5)
+    prediction = tunelab.predict(loaded, "film number 99 from start to end was wonderful")
+    assert prediction["label"] in ("fresh", "rotten") and abs(sum(prediction["probabilities"].values()) - 1) < 1e-5
