@@ -6,8 +6,10 @@ same function (`tunelab.inference.generation.generate_from_ids`): once with ``ba
 batch (left padding, longest prompts first), once with ``batch_size=1``. The ratio is the sequential
 time per prompt × prompts over the batched time for all prompts.
 
-The sequential side can run on an evenly spaced subset (``--sequential N``) and be extrapolated to
-all prompts — the output says so when it does. Outputs of the prompts both sides generated are
+The sequential side can run on an evenly spaced subset (``--sequential N``, spaced over the prompts
+sorted by length) and be extrapolated to all prompts — the output says so when it does. The two
+sides are interleaved batch by batch (a batch, then its sampled prompts one at a time), so on a
+shared machine both see the same background load; wall-clock and process CPU time are reported. Outputs of the prompts both sides generated are
 compared (greedy decoding is deterministic; with left padding a few can differ in the last digits of
 the logits, which shows up as an agreement below 100%).
 
@@ -63,24 +65,44 @@ def main() -> None:
     model = load_model(path, "causal_lm")
     model.eval()
     prompts = held_out_prompts(args.prompts, tokenizer)
+    # generate_from_ids sorts prompts longest first and cuts batches in that order; do the same here,
+    # so that each batch can be timed next to the one-at-a-time runs of some of its own prompts
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     n_seq = min(args.sequential or len(prompts), len(prompts))
     step = len(prompts) / n_seq
-    seq_idx = sorted({int(i * step) for i in range(n_seq)})
+    seq_positions = {int(k * step) for k in range(n_seq)}  # evenly spaced over the length order
     load_before = os.getloadavg()
 
-    def run(items: list[list[int]], batch_size: int) -> tuple[float, list]:
-        started = time.perf_counter()
+    def timed(items: list[list[int]], batch_size: int) -> tuple[float, float, list]:
+        wall, cpu = time.perf_counter(), time.process_time()
         outs = generate_from_ids(model, tokenizer, items, max_new_tokens=args.max_new_tokens, batch_size=batch_size,
                                  show_progress=False)
-        return time.perf_counter() - started, outs
+        return time.perf_counter() - wall, time.process_time() - cpu, outs
 
-    run(prompts[:2], 2)  # warm-up: first-call allocations and kernel selection are not the comparison
-    batched_s, batched = run(prompts, args.batch_size)
-    seq_s, sequential = run([prompts[i] for i in seq_idx], 1)
-    seq_per_prompt = seq_s / len(seq_idx)
-    seq_all = seq_per_prompt * len(prompts)
-    same = sum(batched[i].text == s.text for i, s in zip(seq_idx, sequential, strict=True))
-    new_tokens = sum(o.new_tokens for o in batched)
+    timed(prompts[:2], 2)  # warm-up: first-call allocations and kernel selection are not the comparison
+    batched_wall = batched_cpu = seq_wall = seq_cpu = 0.0
+    batched: dict[int, object] = {}
+    sequential: dict[int, object] = {}
+    # interleaved: batch b, then the sampled prompts of batch b one at a time — both sides see the same
+    # background load (this machine is shared), instead of one side running in a quiet minute
+    for start in range(0, len(order), args.batch_size):
+        chunk = order[start : start + args.batch_size]
+        w, c, outs = timed([prompts[i] for i in chunk], args.batch_size)
+        batched_wall, batched_cpu = batched_wall + w, batched_cpu + c
+        batched.update(zip(chunk, outs, strict=True))
+        for pos in range(start, start + len(chunk)):
+            if pos in seq_positions:
+                i = order[pos]
+                w, c, outs = timed([prompts[i]], 1)
+                seq_wall, seq_cpu = seq_wall + w, seq_cpu + c
+                sequential[i] = outs[0]
+        print(f"  {start + len(chunk)}/{len(order)} prompts: batched {batched_wall:.1f} s, "
+              f"one at a time {seq_wall:.1f} s for {len(sequential)}", file=sys.stderr, flush=True)
+    n_run = len(sequential)
+    seq_all = seq_wall / n_run * len(prompts)
+    seq_all_cpu = seq_cpu / n_run * len(prompts)
+    same = sum(batched[i].text == out.text for i, out in sequential.items())
+    new_tokens = sum(o.new_tokens for o in batched.values())
     result = {
         "model": "smollm2-135m-instruct (fp32)",
         "prompts": len(prompts),
@@ -91,22 +113,27 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "batched_seconds": round(batched_s, 1),
-        "batched_new_tokens_per_second": round(new_tokens / batched_s, 1),
-        "sequential_prompts_run": len(seq_idx),
-        "sequential_seconds_measured": round(seq_s, 1),
-        "sequential_seconds_per_prompt": round(seq_per_prompt, 3),
+        "batched_seconds": round(batched_wall, 1),
+        "batched_cpu_seconds": round(batched_cpu, 1),
+        "batched_new_tokens_per_second": round(new_tokens / batched_wall, 1),
+        "mean_new_tokens": round(new_tokens / len(prompts), 1),
+        "sequential_prompts_run": n_run,
+        "sequential_seconds_measured": round(seq_wall, 1),
+        "sequential_seconds_per_prompt": round(seq_wall / n_run, 3),
         "sequential_seconds_for_all": round(seq_all, 1),
-        "sequential_extrapolated": len(seq_idx) < len(prompts),
-        "speedup": round(seq_all / batched_s, 2),
-        "identical_outputs": f"{same}/{len(seq_idx)}",
+        "sequential_cpu_seconds_for_all": round(seq_all_cpu, 1),
+        "sequential_extrapolated": n_run < len(prompts),
+        "speedup": round(seq_all / batched_wall, 2),
+        "speedup_cpu_time": round(seq_all_cpu / batched_cpu, 2),
+        "identical_outputs": f"{same}/{n_run}",
     }
     print(json.dumps(result, indent=2))
-    extra = f" (extrapolated from {len(seq_idx)} evenly spaced prompts)" if result["sequential_extrapolated"] else ""
+    extra = f" (extrapolated from {n_run} evenly spaced prompts)" if result["sequential_extrapolated"] else ""
     print(
         f"\n{len(prompts)} held-out prompts, max_new_tokens={args.max_new_tokens}: batched (batch {args.batch_size}) "
-        f"{batched_s:.1f} s vs one at a time {seq_all:.1f} s{extra} → {result['speedup']:.2f}× faster; "
-        f"identical outputs {same}/{len(seq_idx)}; load average {result['load_average_before'][0]} → "
+        f"{batched_wall:.1f} s vs one at a time {seq_all:.1f} s{extra} → {result['speedup']:.2f}× faster "
+        f"(CPU time: {result['speedup_cpu_time']:.2f}×); identical outputs {same}/{n_run}; "
+        f"load average {result['load_average_before'][0]} → "
         f"{result['load_average_after'][0]} on {os.cpu_count()} CPUs",
         file=sys.stderr,
     )

@@ -76,7 +76,7 @@ def run_one(name: str, cfg: dict) -> dict:
 
 def headline(result: dict) -> str:
     base, tuned = result["metrics"]["base"] or {}, result["metrics"]["tuned"] or {}
-    for key in ("accuracy", "perplexity", "rougeL"):
+    for key in ("accuracy", "rougeL", "perplexity"):  # sft rows also carry reference perplexity
         if key in tuned:
             return f"{key} base {base.get(key, float('nan')):.2f} → tuned {tuned[key]:.2f}"
     return "-"
