@@ -148,6 +148,7 @@ def write_run_report(run: RunDir, cfg: RunConfig, results: dict[str, Any], notes
 
     from tunelab.evaluation.plots import plot_loss, plot_lr, read_metrics
     from tunelab.evaluation.report import write_report
+    from tunelab.evaluation.run_report import run_report_extras
 
     rows = read_metrics(run.metrics) if run.metrics.is_file() else []
     plot_loss(rows, run.loss_png)
@@ -182,6 +183,7 @@ def write_run_report(run: RunDir, cfg: RunConfig, results: dict[str, Any], notes
         plots={"Loss": run.loss_png, "Learning rate": run.lr_png},
         samples=samples,
         notes=notes,
+        **run_report_extras(run.path, max_new_tokens=cfg.evaluation.max_new_tokens),
     )
 
 

@@ -248,7 +248,6 @@ def test_cross_validation_three_folds(tiny_model: Path, tmp_path: Path) -> None:
 
 def test_classification_run_compare_and_report(tiny_model: Path, tmp_path: Path) -> None:
     from conftest import sentiment_rows
-
     from tunelab.evaluation.run_report import run_report_extras
 
     data = tmp_path / "sentiment.jsonl"

@@ -80,7 +80,7 @@ def test_dora_and_ia3_adapters_merge(tiny_run, tiny_model, tmp_path, method):
     torch.manual_seed(0)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), config)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.2)
     shutil.rmtree(run / "adapter")

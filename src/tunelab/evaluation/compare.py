@@ -14,6 +14,11 @@ paired bootstrap 95% interval per metric. Error analysis: a per-example table, t
 (baseline better than the other model on the primary metric), the worst N outputs of each model,
 and per-slice scores when the rows carry a field such as chatterbot's ``topic``.
 
+Classification runs (``task: classify``) are compared on their predicted labels instead: accuracy,
+macro precision/recall/F1 and MCC, each with a bootstrap interval recomputed from the resampled
+confusion matrix, the confusion matrices in the report, and "regressions" = rows the baseline got
+right and the other model got wrong. Pretraining runs (plain text) are compared on perplexity.
+
 Written to the output folder: ``comparison.json``, ``comparison.csv`` (one row per example),
 ``predictions.jsonl`` and ``report.html``.
 """

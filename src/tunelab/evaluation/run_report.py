@@ -28,7 +28,24 @@ def run_report_extras(
     seed: int = 0,
 ) -> dict[str, Any]:
     """``{intervals, figures, lists, examples}`` (and ``confusion`` for a classification run) for
-    `write_report`, or ``{}`` when the run has no predictions."""
+    `write_report`, or ``{}`` when the run has no predictions.
+
+    Never raises for a run it cannot analyse (the run itself is fine; only its report is poorer):
+    it prints a warning and returns ``{}`` instead.
+    """
+    try:
+        return _extras(run_dir, max_new_tokens=max_new_tokens, metric=metric, worst=worst,
+                       resamples=resamples, seed=seed)
+    except Exception as exc:  # noqa: BLE001 - a report extra must not fail a finished training run
+        from tunelab.progress import info
+
+        info(f"[yellow]report[/yellow] evaluation details left out of the report: {type(exc).__name__}: {exc}")
+        return {}
+
+
+def _extras(
+    run_dir: str | Path, *, max_new_tokens: int | None, metric: str, worst: int, resamples: int, seed: int
+) -> dict[str, Any]:
     from tunelab.evaluation.compare import BASE, EvalData, ModelResult, _score, analyse, report_parts
 
     run_dir = Path(run_dir)

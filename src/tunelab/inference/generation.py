@@ -113,6 +113,22 @@ def _supports_shrinking(model: Any) -> bool:
     return {"position_ids", "past_key_values", "logits_to_keep", "attention_mask"} <= params
 
 
+# On CPU, MKL multiplies 16 or more rows at a time several times faster per row than 4–15 rows
+# (which cost about as much as that many single rows), while 1–3 rows cost about as much as one.
+# So a batch only shrinks when what is left is still ≥ 16 rows, or down to ≤ 3 rows; in between,
+# finished rows ride along (computed, ignored) — measured on a 2-core AVX-512 CPU, torch 2.13 + MKL.
+_CPU_EFFICIENT_ROWS = 16
+_CPU_FEW_ROWS = 3
+
+
+def _shrink_to(live: int, current: int, device_type: str) -> bool:
+    if live == current:
+        return False
+    if device_type != "cpu":
+        return True
+    return live >= _CPU_EFFICIENT_ROWS or live <= _CPU_FEW_ROWS
+
+
 def _greedy_shrinking(model: Any, ids: Any, mask: Any, max_new_tokens: int, eos: int) -> list[list[int]]:
     """Greedy decoding of a left-padded batch; finished rows leave the batch (and the KV cache).
 
@@ -125,7 +141,7 @@ def _greedy_shrinking(model: Any, ids: Any, mask: Any, max_new_tokens: int, eos:
     tokens: list[list[int]] = [[] for _ in range(n)]
     positions = mask.long().cumsum(-1) - 1
     positions.masked_fill_(mask == 0, 1)
-    alive = list(range(n))  # batch row → original row
+    rows: list[int | None] = list(range(n))  # batch row → original row (None: finished, riding along)
     with torch.inference_mode():
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
@@ -134,19 +150,23 @@ def _greedy_shrinking(model: Any, ids: Any, mask: Any, max_new_tokens: int, eos:
             raise RuntimeError("the model's KV cache cannot drop rows")
         for _ in range(max_new_tokens):
             picked = out.logits[:, -1, :].argmax(dim=-1)
-            keep = []
+            live = []
             for r, token in enumerate(picked.tolist()):
-                row = alive[r]
+                row = rows[r]
+                if row is None:
+                    continue
                 tokens[row].append(token)
                 if token != eos and len(tokens[row]) < max_new_tokens:
-                    keep.append(r)
-            if not keep:
+                    live.append(r)
+                else:
+                    rows[r] = None
+            if not live:
                 break
-            if len(keep) < len(alive):
-                index = torch.tensor(keep, device=ids.device)
+            if _shrink_to(len(live), len(rows), ids.device.type):
+                index = torch.tensor(live, device=ids.device)
                 cache.batch_select_indices(index)
                 mask, next_pos, picked = mask[index], next_pos[index], picked[index]
-                alive = [alive[r] for r in keep]
+                rows = [rows[r] for r in live]
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
             out = model(
                 input_ids=picked[:, None],
