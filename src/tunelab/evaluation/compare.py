@@ -194,22 +194,10 @@ def _run_format(run: Any) -> Any:
 
 def held_out_data(run_dir: str | Path, *, max_examples: int | None = None) -> EvalData:
     """The test split a run was evaluated on, rebuilt from its config (same seed, same rows)."""
-    from tunelab.data.splits import load_splits
+    from tunelab.data.splits import splits_from_config
 
     run, cfg = _run_config(Path(run_dir))
-    d = cfg.data
-    splits = load_splits(
-        d.train,
-        validation=d.validation,
-        test=d.test,
-        columns=d.columns or None,
-        shape=d.shape,
-        validation_fraction=d.split.validation,
-        test_fraction=d.split.test,
-        seed=d.split.seed,
-        limit=d.limit,
-        base_dir=cfg._source_dir,
-    )
+    splits = splits_from_config(cfg.data, cfg._source_dir)
     limit = max_examples or cfg.evaluation.max_examples
     test = splits.test[:limit] if limit else splits.test
     if not test:
