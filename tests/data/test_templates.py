@@ -100,3 +100,37 @@ def test_text_format_trains_everything(tok):
     ex = Example(shape="text", fields={"text": "All the world's a stage."}, messages=None, text="All the world's a stage.", source="p.txt:1", meta={})
     enc = fmt.encode(ex, tok, 256)
     assert trained_text(tok, enc) == "All the world's a stage.<|im_end|>"
+
+
+def messages_row(messages, line):
+    return Example(shape="messages", fields={}, messages=messages, text=None, source=f"m.jsonl:{line}", meta={})
+
+
+@pytest.mark.parametrize("system_prompt", [None, "Be brief."])
+def test_encode_many_equals_encode_row_by_row(tok, system_prompt):
+    rows = [qa(f"Question {i}?", f"Answer {i}.") for i in range(7)] + [
+        messages_row([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "one"},
+                      {"role": "user", "content": "again"}, {"role": "assistant", "content": "two"}], 9),
+        messages_row([{"role": "system", "content": "own system"}, {"role": "user", "content": "q"},
+                      {"role": "assistant", "content": "a"}], 10),
+    ]  # fmt: skip
+    for fmt in (PromptFormat.build(tok, shape="messages", system_prompt=system_prompt),
+                PromptFormat.build(tok, shape="qa", template="Q: {question}\nA: {answer}")):  # fmt: skip
+        usable = rows if fmt.kind == "chat" else rows[:7]
+        for limit in (12, 256):
+            assert fmt.encode_many(usable, tok, limit) == [fmt.encode(ex, tok, limit) for ex in usable]
+        # chunk=3: the rows span several batched renders
+        assert fmt.segments_many(usable, tok, chunk=3) == [fmt.segments(ex, tok) for ex in usable]
+
+
+def test_segments_many_returns_each_failing_rows_error_and_keeps_the_rest(tok):
+    fmt = PromptFormat.build(tok, shape="messages")
+    good = qa()
+    no_answer = messages_row([{"role": "user", "content": "only a question"}], 2)
+    starts_with_answer = messages_row([{"role": "assistant", "content": "hello"}], 3)  # empty prompt: transformers refuses
+    out = fmt.segments_many([good, no_answer, starts_with_answer, good], tok, chunk=2)
+    assert out[0] == out[3] == fmt.segments(good, tok)
+    assert isinstance(out[1], TunelabError) and "no assistant turn" in str(out[1])
+    assert isinstance(out[2], Exception)
+    with pytest.raises(TunelabError, match="no assistant turn"):
+        fmt.encode_many([good, no_answer], tok, 64)

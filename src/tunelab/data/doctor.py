@@ -23,6 +23,7 @@ from typing import Any
 from tunelab.data.builtin import load_builtin_with_notes
 from tunelab.data.shapes import FIELDS, REQUIRED, SHAPES, Example, describe_shape, detect_shape, to_example
 from tunelab.data.sources import Row, apply_columns, read_rows
+from tunelab.data.templates import token_ids
 from tunelab.errors import TunelabError
 
 ERROR, WARNING = "error", "warning"
@@ -648,15 +649,13 @@ def measure(
     pieces: list[list[tuple[str, bool]]] = []
     sources: list[str] = []
     failures: list[TunelabError] = []
-    for ex in examples:
+    for ex, parts in zip(examples, fmt.segments_many(examples, tokenizer), strict=True):
         file, line = split_source(ex.source)
-        try:
-            parts = fmt.segments(ex, tokenizer)
-        except TunelabError as err:  # templates name the row as "FILE:LINE" in `file`
-            failures.append(TunelabError(err.message, file=file, line=line, field=err.field, expected=err.expected))
+        if isinstance(parts, TunelabError):  # templates name the row as "FILE:LINE" in `file`
+            failures.append(TunelabError(parts.message, file=file, line=line, field=parts.field, expected=parts.expected))
             continue
-        except Exception as err:  # noqa: BLE001 - a chat template may raise anything (jinja exceptions)
-            failures.append(TunelabError(f"the chat template fails on this row: {type(err).__name__}: {err}",
+        if isinstance(parts, Exception):  # a chat template may raise anything (jinja exceptions)
+            failures.append(TunelabError(f"the chat template fails on this row: {type(parts).__name__}: {parts}",
                                          file=file, line=line, field="messages",
                                          expected="a conversation the model's chat template accepts"))  # fmt: skip
             continue
@@ -672,14 +671,7 @@ def measure(
 
 
 def _lengths(tokenizer: Any, texts: list[str], *, special: bool) -> list[int]:
-    """Token counts of many texts in one call: a fast tokenizer's Rust backend directly (the ids
-    `tokenizer(text)` would give, without building offsets), else the tokenizer itself."""
-    if not texts:
-        return []
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and hasattr(backend, "encode_batch_fast"):
-        return [len(e.ids) for e in backend.encode_batch_fast(texts, add_special_tokens=special)]
-    return [len(x) for x in tokenizer(texts, add_special_tokens=special)["input_ids"]]
+    return [len(ids) for ids in token_ids(tokenizer, texts, special=special)]
 
 
 def _row_tokens(source: str, spans: list[tuple[int, bool]], max_length: int | None) -> RowTokens:

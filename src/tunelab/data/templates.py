@@ -12,6 +12,7 @@ Three kinds:
 from __future__ import annotations
 
 import json
+import os
 import string
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -85,12 +86,16 @@ class PromptFormat:
         return out
 
     # -- rendering -----------------------------------------------------------------------------
-    def _chat(self, tokenizer: Any, messages: list[dict], *, generation_prompt: bool) -> str:
+    def _with_system(self, messages: list[dict]) -> list[dict]:
         if self.system_prompt is not None and (not messages or messages[0]["role"] != "system"):
-            messages = [{"role": "system", "content": self.system_prompt}, *messages]
+            return [{"role": "system", "content": self.system_prompt}, *messages]
+        return messages
+
+    def _chat(self, tokenizer: Any, messages: list[dict], *, generation_prompt: bool) -> str:
         return tokenizer.apply_chat_template(
-            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=generation_prompt
-        )
+            self._with_system(messages), chat_template=self.chat_template, tokenize=False,
+            add_generation_prompt=generation_prompt,
+        )  # fmt: skip
 
     def segments(self, example: Example, tokenizer: Any) -> list[tuple[str, bool]]:
         """The full training text as (text, trained?) pieces, in order."""
@@ -107,14 +112,51 @@ class PromptFormat:
                 response += eos
             return [(prompt, self.train_on_prompt), (response, True)]
         # chat: each assistant turn is trained; everything the template adds around it is not
-        messages = example.messages or []
+        turns = [i for i, msg in enumerate(example.messages or []) if msg["role"] == "assistant"]
+        renders = [
+            (self._chat(tokenizer, example.messages[:i], generation_prompt=True),
+             self._chat(tokenizer, example.messages[: i + 1], generation_prompt=False))
+            for i in turns
+        ]  # fmt: skip
+        return self._chat_pieces(example, renders, eos)
+
+    def segments_many(self, examples: list[Example], tokenizer: Any, chunk: int = 512) -> list[Any]:
+        """`segments` of many rows: each row's pieces, or the exception `segments` would raise for it.
+        Chat templates are rendered in batched `apply_chat_template` calls (one call per row costs
+        ~10× more on large files); a chunk whose batch fails is redone row by row to find the culprit."""
+        if self.kind != "chat":
+            return [_try(self.segments, ex, tokenizer) for ex in examples]
+        out: list[Any] = []
+        eos = tokenizer.eos_token or ""
+        for start in range(0, len(examples), chunk):
+            part = examples[start : start + chunk]
+            turns = [[i for i, m in enumerate(ex.messages or []) if m["role"] == "assistant"] for ex in part]
+            convs = [self._with_system(ex.messages[: i + k]) for ex, ts in zip(part, turns, strict=True) for i in ts for k in (0, 1)]
+            try:
+                before = self._render_many(tokenizer, convs[0::2], generation_prompt=True)
+                through = self._render_many(tokenizer, convs[1::2], generation_prompt=False)
+            except Exception:  # noqa: BLE001 - a template may raise anything; find the row(s) one by one
+                out += [_try(self.segments, ex, tokenizer) for ex in part]
+                continue
+            pairs = iter(zip(before, through, strict=True))
+            for ex, ts in zip(part, turns, strict=True):
+                out.append(_try(self._chat_pieces, ex, [next(pairs) for _ in ts], eos))
+        return out
+
+    def _render_many(self, tokenizer: Any, convs: list[list[dict]], *, generation_prompt: bool) -> list[str]:
+        if not convs:
+            return []
+        # an empty conversation can't go in a batch (transformers refuses it); it renders on its own
+        rendered = iter(tokenizer.apply_chat_template(
+            [c for c in convs if c], chat_template=self.chat_template, tokenize=False,
+            add_generation_prompt=generation_prompt) if any(convs) else [])  # fmt: skip
+        return [next(rendered) if c else self._chat(tokenizer, c, generation_prompt=generation_prompt) for c in convs]
+
+    def _chat_pieces(self, example: Example, renders: list[tuple[str, str]], eos: str) -> list[tuple[str, bool]]:
+        """Pieces of a chat row from its (prompt-before-turn, conversation-through-turn) renders."""
         pieces: list[tuple[str, bool]] = []
         done = ""
-        for i, msg in enumerate(messages):
-            if msg["role"] != "assistant":
-                continue
-            before = self._chat(tokenizer, messages[:i], generation_prompt=True)
-            through = self._chat(tokenizer, messages[: i + 1], generation_prompt=False)
+        for before, through in renders:
             if not before.startswith(done) or not through.startswith(before):
                 raise TunelabError(
                     "the chat template renders earlier turns differently in later ones; cannot mask the prompt",
@@ -174,6 +216,53 @@ class PromptFormat:
             labels += piece if trained else [IGNORE_INDEX] * len(piece)
         truncated = len(ids) > max_length
         return {"input_ids": ids[:max_length], "labels": labels[:max_length], "truncated": truncated}
+
+    def encode_many(self, examples: list[Example], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
+        """`encode` of many rows, with batched template renders and two batched tokenizer calls."""
+        pieces = self.segments_many(examples, tokenizer)
+        for parts in pieces:
+            if isinstance(parts, Exception):
+                raise parts
+        firsts = token_ids(tokenizer, [p[0][0] for p in pieces], special=self.kind != "chat")
+        rest = iter(token_ids(tokenizer, [text for p in pieces for text, _ in p[1:]], special=False))
+        out = []
+        for parts, first in zip(pieces, firsts, strict=True):
+            ids: list[int] = []
+            labels: list[int] = []
+            for (_, trained), piece in zip(parts, [first] + [next(rest) for _ in parts[1:]], strict=True):
+                ids += piece
+                labels += piece if trained else [IGNORE_INDEX] * len(piece)
+            out.append({"input_ids": ids[:max_length], "labels": labels[:max_length], "truncated": len(ids) > max_length})
+        return out
+
+
+def token_ids(tokenizer: Any, texts: list[str], *, special: bool) -> list[list[int]]:
+    """Token ids of many texts in one call: a fast tokenizer's Rust backend directly (the ids
+    `tokenizer(text)` would give, without building offsets), else the tokenizer itself."""
+    if not texts:
+        return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_batch_fast"):
+        return list(tokenizer(texts, add_special_tokens=special)["input_ids"])
+    # tunelab turns the tokenizers thread pool off (it warns after a fork); a large batch gets it back
+    # for this call only: 1.7x faster on 2 cores
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    if len(texts) >= 10_000:
+        os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    try:
+        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=special)]
+    finally:
+        if previous is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous
+
+
+def _try(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except Exception as err:  # noqa: BLE001 - returned to the caller, which names the row
+        return err
 
 
 def _fields_for(example: Example, template: str) -> dict[str, Any]:

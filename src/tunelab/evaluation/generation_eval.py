@@ -71,7 +71,7 @@ def reference_nll(
         return []
     config = getattr(model, "config", None)
     limit = max_length or min(1024, int(getattr(config, "max_position_embeddings", 1024) or 1024))
-    encoded = [fmt.encode(ex, tokenizer, limit) for ex in examples]
+    encoded = fmt.encode_many(examples, tokenizer, limit)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]["input_ids"]))
     results: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)

@@ -19,8 +19,8 @@ def pack(ctx: Context, fmt: PromptFormat, examples: list) -> list[dict[str, Any]
     """Concatenate documents (each ending in EOS) and cut into max_length blocks; the tail is kept."""
     block = ctx.cfg.data.max_length
     stream: list[int] = []
-    for ex in examples:
-        stream += fmt.encode(ex, ctx.tokenizer, max_length=10**12)["input_ids"]
+    for enc in fmt.encode_many(examples, ctx.tokenizer, max_length=10**12):
+        stream += enc["input_ids"]
     blocks = [stream[i : i + block] for i in range(0, len(stream), block)]
     if blocks and len(blocks[-1]) < 2:
         blocks.pop()

@@ -26,8 +26,7 @@ from tunelab.stages.common import (
 def tokenize(ctx: Context, fmt: PromptFormat, examples: list, split: str) -> list[dict[str, Any]]:
     max_length = ctx.cfg.data.max_length
     rows, truncated = [], 0
-    for ex in examples:
-        enc = fmt.encode(ex, ctx.tokenizer, max_length)
+    for enc in fmt.encode_many(examples, ctx.tokenizer, max_length):
         truncated += enc["truncated"]
         if any(label != -100 for label in enc["labels"][1:]):  # a row whose answer was cut away teaches nothing
             rows.append({"input_ids": enc["input_ids"], "labels": enc["labels"]})
