@@ -157,9 +157,11 @@ def apply_method(ctx: Context, model: Any) -> tuple[Any, str]:
 def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict]) -> dict[str, Any]:
     """Train with the shared Trainer setup; returns throughput and memory figures."""
     import time
+    from contextlib import nullcontext
 
     from transformers import EarlyStoppingCallback
 
+    from tunelab.training.packed_attention import packed_attention
     from tunelab.training.trainer import (
         MetricsFileCallback,
         RichProgressCallback,
@@ -203,7 +205,8 @@ def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict])
     if ctx.resume and checkpoint is None:
         info("[yellow]no checkpoint found: training from the start[/yellow]")
     started = time.time()
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with packed_attention(model) if packed else nullcontext():
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.time() - started
     if hasattr(model, "config"):
         model.config.use_cache = True

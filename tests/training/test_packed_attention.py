@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from tunelab.training import packed_attention as packed_attention_module
+from tunelab.training.packed_attention import NAME, packed_attention, supports
+from tunelab.training.packed_attention import _segments as real_segments
+from tunelab.training.trainer import make_collator
+
+
+@pytest.fixture()
+def model_and_tok(tiny_model):
+    from tunelab.models.loading import load_model, load_tokenizer
+
+    torch.manual_seed(0)
+    return load_model(tiny_model, "causal_lm"), load_tokenizer(tiny_model)
+
+
+def rows():
+    return [
+        {"input_ids": [5, 6, 7, 8, 9, 10], "labels": [-100, -100, -100, 8, 9, 10]},
+        {"input_ids": [11, 12, 13, 14], "labels": [-100, -100, 13, 14]},
+        {"input_ids": [3], "labels": [3]},  # a one-token row is its own segment too
+        {"input_ids": [20, 21, 22, 23, 24], "labels": [-100, -100, -100, -100, 24]},
+    ]
+
+
+def logits_and_grads(model, batch):
+    model.zero_grad()
+    out = model(**batch, use_cache=False)
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.logits.detach(), grads
+
+
+def test_per_row_attention_equals_block_mask_in_logits_and_gradients(model_and_tok, monkeypatch):
+    model, tok = model_and_tok
+    batch = make_collator(tok, padding_free=True)(rows())
+    ref_logits, ref_grads = logits_and_grads(model, batch)
+    cuts = []
+    monkeypatch.setattr(packed_attention_module, "_segments", lambda pos: cuts.append(real_segments(pos)) or cuts[-1])
+    with packed_attention(model) as used:
+        assert used and model.config._attn_implementation == NAME
+        logits, grads = logits_and_grads(model, batch)
+    assert cuts and cuts[0] == [(0, 6), (6, 10), (10, 11), (11, 16)]  # the per-row path ran, once per layer
+    assert model.config._attn_implementation == "sdpa"  # restored
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    # and a packed row equals the same row run alone
+    alone = model(input_ids=torch.tensor([rows()[1]["input_ids"]])).logits
+    torch.testing.assert_close(ref_logits[0, 6:10], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_padded_batches_and_cached_generation_are_unchanged(model_and_tok):
+    model, tok = model_and_tok
+    batch = make_collator(tok, padding_free=False)(rows())
+    with torch.no_grad():
+        ref = model(**batch, use_cache=False).logits
+        prompt = torch.tensor([[5, 6, 7, 8]])
+        ref_gen = model.generate(prompt, max_new_tokens=6, do_sample=False)
+        with packed_attention(model):
+            ours = model(**batch, use_cache=False).logits
+            gen = model.generate(prompt, max_new_tokens=6, do_sample=False)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    assert gen.tolist() == ref_gen.tolist()
+
+
+def test_peft_models_and_unsupported_models(model_and_tok, tiny_bert):
+    from peft import LoraConfig, get_peft_model
+
+    from tunelab.models.loading import load_model
+
+    model, _ = model_and_tok
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    with packed_attention(peft_model) as used:
+        assert used and peft_model.get_base_model().config._attn_implementation == NAME
+    encoder = load_model(tiny_bert, "seq_cls", labels=["a", "b"])
+    assert not supports(encoder)
+    with packed_attention(encoder) as used:
+        assert not used
