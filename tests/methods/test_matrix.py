@@ -104,10 +104,17 @@ def test_method_trains_reports_and_reloads(task, method, tmp_path, tiny_model, q
     for name, p in loaded.model.named_parameters():
         if "original_module" not in name and method != "ptuning":  # original_module: peft's unused head backup
             assert torch.equal(p.detach(), saved[name].detach()), name
-    # bitsandbytes' CPU 4-bit matmul can take another kernel path in the long-lived training process
-    # than in a fresh load (same weights and quant states, ~1e-3 apart); other methods match exactly
-    atol = 1e-2 if method == "qlora" else 1e-5
-    assert torch.allclose(before, after, atol=atol), (before - after).abs().max()
+    if method == "qlora":
+        # bitsandbytes' CPU inference path rewrites a 4-bit weight's quant state in place at its first
+        # no-grad forward (absmax → bf16), so the in-process trained model drifts ~1e-2 from any fresh
+        # load. The reload is checked against a fresh 4-bit base carrying the trained adapter instead.
+        fresh = reference_model(task, method, cfg, model_dir, labels)
+        lora = {n: p for n, p in trained.named_parameters() if p.requires_grad}  # adapter (+ head)
+        assert lora and not set(lora) - {n for n, _ in fresh.named_parameters()}
+        fresh.load_state_dict(lora, strict=False)
+        with torch.no_grad():
+            before = fresh.eval()(**ids).logits
+    assert torch.allclose(before, after, atol=1e-5), (before - after).abs().max()
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "freeze"])
