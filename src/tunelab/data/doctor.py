@@ -22,12 +22,11 @@ from typing import Any
 
 from tunelab.data.builtin import load_builtin_with_notes
 from tunelab.data.shapes import FIELDS, REQUIRED, SHAPES, Example, describe_shape, detect_shape, to_example
-from tunelab.data.sources import Row, apply_columns, read_rows
+from tunelab.data.sources import BUILTIN_PREFIX, Row, apply_columns, read_rows, resolve_source
 from tunelab.data.templates import token_ids
 from tunelab.errors import TunelabError
 
 ERROR, WARNING = "error", "warning"
-BUILTIN_PREFIX = "builtin:"
 
 TEMPLATE_CHECK_ROWS = 20  # rows whose inference prompt is compared token by token with the training prompt
 
@@ -267,16 +266,6 @@ def check_for_training(cfg: Any, tokenizer: Any = None) -> DoctorReport:
     """The training preflight: `check_for_training(cfg).raise_for_errors()` refuses bad data before any
     work starts. Reads the data once; pass the run's tokenizer to also check the template and lengths."""
     return check_config(cfg, tokenizer=tokenizer, splits=False)
-
-
-def resolve_source(source: str, base_dir: Path | None) -> str:
-    """A data path as training reads it: next to the config when it exists there, else as given."""
-    if source.startswith(BUILTIN_PREFIX):
-        return source
-    path = Path(source).expanduser()
-    if base_dir is not None and not path.is_absolute() and (Path(base_dir) / path).exists():
-        return str(Path(base_dir) / path)
-    return str(path)
 
 
 # -- the checks ---------------------------------------------------------------------------------

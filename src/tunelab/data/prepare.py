@@ -23,17 +23,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunelab.data.doctor import (
-    BUILTIN_PREFIX,
     ERROR,
     DataErrors,
     Problem,
     content_key,
     prompt_key,
-    resolve_source,
     row_problems,
 )
 from tunelab.data.shapes import REQUIRED, SHAPES, Example, describe_shape, detect_shape
-from tunelab.data.sources import Row, read_rows
+from tunelab.data.sources import BUILTIN_PREFIX, Row, read_rows, resolve_source
 from tunelab.errors import TunelabError
 
 OUTPUT_SHAPES = ("qa", "alpaca", "prompt_completion", "input_output", "messages", "conversations", "text")

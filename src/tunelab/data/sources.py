@@ -14,6 +14,7 @@ from typing import Any
 from tunelab.errors import TunelabError
 
 FORMATS = ".jsonl, .json, .csv, .tsv, .parquet or .txt"
+BUILTIN_PREFIX = "builtin:"  # data.train: builtin:NAME names a packaged dataset (data/builtin.py)
 _WS = re.compile(r"[ \t\n\r]*")
 
 
@@ -27,6 +28,16 @@ class Row:
 
 
 Problems = list[TunelabError] | None  # None: raise the first problem; a list: collect them all, keep reading
+
+
+def resolve_source(source: str, base_dir: Path | None) -> str:
+    """A data path as training reads it: next to the config when it exists there, else as given."""
+    if source.startswith(BUILTIN_PREFIX):
+        return source
+    path = Path(source).expanduser()
+    if base_dir is not None and not path.is_absolute() and (Path(base_dir) / path).exists():
+        return str(Path(base_dir) / path)
+    return str(path)
 
 
 def read_rows(path: str | Path, *, problems: Problems = None) -> list[Row]:

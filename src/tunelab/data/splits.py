@@ -17,10 +17,8 @@ from tunelab.data.shapes import (
     detect_shape,
     to_example,
 )
-from tunelab.data.sources import Row, apply_columns, read_rows
+from tunelab.data.sources import BUILTIN_PREFIX, Row, apply_columns, read_rows, resolve_source
 from tunelab.errors import TunelabError
-
-BUILTIN_PREFIX = "builtin:"
 
 
 @dataclass
@@ -125,7 +123,7 @@ def _load(
         raise TunelabError(
             f"unknown shape {shape!r}", field="shape", expected=f"auto or one of {', '.join(SHAPES)}"
         )
-    label = _label(source, base_dir)
+    label = resolve_source(source, base_dir)
     if source.startswith(BUILTIN_PREFIX):
         rows, notes = load_builtin_with_notes(source[len(BUILTIN_PREFIX) :])
     else:
@@ -147,16 +145,6 @@ def _load(
         notes.append(f"using shape {describe_shape(shape)} for {label}")
     examples = [to_example(row.data, shape, file=row.file, line=row.line) for row in rows]
     return examples, shape, notes, label
-
-
-def _label(source: str, base_dir: Path | None) -> str:
-    """Resolve a path against base_dir (the config's folder) when the file is there, else keep it as given."""
-    if source.startswith(BUILTIN_PREFIX):
-        return source
-    path = Path(source).expanduser()
-    if base_dir is not None and not path.is_absolute() and (Path(base_dir) / path).exists():
-        return str(Path(base_dir) / path)
-    return str(path)
 
 
 def _is_empty(data: dict[str, Any]) -> bool:
