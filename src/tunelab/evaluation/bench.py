@@ -177,51 +177,23 @@ def score_items(
     max_batch_tokens: int = 2048,
 ) -> list[list[float]]:
     """Summed log-likelihood of every choice of every item (nats), teacher-forced in padded batches."""
-    import torch
+    from tunelab.data.templates import IGNORE_INDEX
+    from tunelab.evaluation.generation_eval import sequence_nll
 
     config = getattr(model, "config", None)
     limit = int(getattr(config, "max_position_embeddings", 2048) or 2048)
-    requests: list[tuple[int, int, list[int], int]] = []  # (item, choice, ids, n_continuation)
-    for i, item in enumerate(items):
+    rows: list[dict] = []  # one per (item, choice): only the continuation (the choice) is scored
+    for item in items:
         ctx = _context_ids(item, fmt, shape, tokenizer)
         for j, choice in enumerate(item.choices):
             cont = _continuation_ids(choice, fmt, tokenizer)
             if not cont:
                 raise TunelabError(f"choice {j} tokenizes to nothing", file=item.source, field="choices")
             ids = (ctx + cont)[-limit:]
-            requests.append((i, j, ids, min(len(cont), len(ids) - 1)))
-    lls = [[0.0] * len(item.choices) for item in items]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    order = sorted(range(len(requests)), key=lambda k: -len(requests[k][2]))
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        start = 0
-        while start < len(order):
-            width = len(requests[order[start]][2])
-            rows = max(1, min(batch_size, max_batch_tokens // max(width, 1)))
-            idx = order[start : start + rows]
-            start += len(idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, k in enumerate(idx):
-                seq = requests[k][2]
-                ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-                mask[r, : len(seq)] = 1
-            with torch.inference_mode():
-                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            logits = logits[:, -width:]  # prompt-tuning methods prepend virtual tokens to the logits
-            for r, k in enumerate(idx):
-                i, j, seq, n_cont = requests[k]
-                end = len(seq)
-                # logits at position t predict token t + 1
-                logp = torch.log_softmax(logits[r, end - n_cont - 1 : end - 1].float(), dim=-1)
-                target = ids[r, end - n_cont : end].to(logp.device)
-                lls[i][j] = float(logp.gather(-1, target.unsqueeze(-1)).sum())
-    finally:
-        model.train(was_training)
-    return lls
+            n_cont = min(len(cont), len(ids) - 1)
+            rows.append({"input_ids": ids, "labels": [IGNORE_INDEX] * (len(ids) - n_cont) + ids[len(ids) - n_cont :]})
+    nll = iter(sequence_nll(model, tokenizer, rows, batch_size=batch_size, max_batch_tokens=max_batch_tokens))
+    return [[-next(nll)[0] for _ in item.choices] for item in items]
 
 
 def _argmax(values: list[float]) -> int:

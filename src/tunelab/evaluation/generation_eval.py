@@ -63,36 +63,45 @@ def reference_nll(
     EOS scored), teacher-forced in right-padded batches of similar length. Rows whose response was
     truncated away count zero tokens. Perplexity of the references = exp(Σ nll / Σ tokens).
     """
-    import torch
-
-    from tunelab.data.templates import IGNORE_INDEX
-
     if not examples:
         return []
     config = getattr(model, "config", None)
     limit = max_length or min(1024, int(getattr(config, "max_position_embeddings", 1024) or 1024))
     encoded = fmt.encode_many(examples, tokenizer, limit)
+    return sequence_nll(model, tokenizer, encoded, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+
+
+def sequence_nll(
+    model: Any, tokenizer: Any, rows: list[dict], *, batch_size: int = 16, max_batch_tokens: int = 1024
+) -> list[tuple[float, int]]:
+    """Per row of {input_ids, labels}: (summed negative log-likelihood in nats, scored token count) of
+    the tokens whose label is not IGNORE_INDEX, teacher-forced in right-padded batches of similar
+    length (longest first, at most max_batch_tokens per batch)."""
+    import torch
+
+    from tunelab.data.templates import IGNORE_INDEX
+
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]["input_ids"]))
-    results: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
+    results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
         start = 0
         while start < len(order):
-            width = len(encoded[order[start]]["input_ids"])
-            rows = max(1, min(batch_size, max_batch_tokens // max(width, 1)))
-            idx = order[start : start + rows]
+            width = len(rows[order[start]]["input_ids"])
+            n_rows = max(1, min(batch_size, max_batch_tokens // max(width, 1)))
+            idx = order[start : start + n_rows]
             start += len(idx)
             ids = torch.full((len(idx), width), pad, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
             labels = torch.full((len(idx), width), IGNORE_INDEX, dtype=torch.long)
             for r, i in enumerate(idx):
-                n = len(encoded[i]["input_ids"])
-                ids[r, :n] = torch.tensor(encoded[i]["input_ids"], dtype=torch.long)
+                n = len(rows[i]["input_ids"])
+                ids[r, :n] = torch.tensor(rows[i]["input_ids"], dtype=torch.long)
                 mask[r, :n] = 1
-                labels[r, :n] = torch.tensor(encoded[i]["labels"], dtype=torch.long)
+                labels[r, :n] = torch.tensor(rows[i]["labels"], dtype=torch.long)
             with torch.inference_mode():
                 logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
             logits = logits[:, -width:]  # prompt-learning adapters prepend virtual-token positions
