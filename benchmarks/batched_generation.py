@@ -2,7 +2,7 @@
 
 Same model (SmolLM2-135M-Instruct, fp32), same prompts (held-out chatterbot questions in the chat
 template, exactly as `tunelab eval` formats them), same decoding (greedy, KV cache, max_new_tokens),
-same function (`tunelab.inference.generation.generate_from_ids`): once with ``batch_size`` rows per
+same function (`tunelab.inference.decoding.generate_from_ids`): once with ``batch_size`` rows per
 batch (left padding, longest prompts first), once with ``batch_size=1``. The ratio is the sequential
 time per prompt × prompts over the batched time for all prompts.
 
@@ -53,7 +53,7 @@ def main() -> None:
     os.environ.setdefault("TUNELAB_QUIET", "1")
     import torch
 
-    from tunelab.inference.generation import generate_from_ids
+    from tunelab.inference.decoding import generate_from_ids
     from tunelab.models.loading import load_model, load_tokenizer, resolve_model
     from tunelab.progress import quiet_libraries
 

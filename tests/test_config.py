@@ -75,3 +75,28 @@ def test_invalid_yaml_has_line(tmp_path):
     path = write(tmp_path, "data:\n  train: [unclosed\n")
     with pytest.raises(TunelabError, match=r"run.yaml:\d+: invalid YAML"):
         load_config(path)
+
+
+def test_data_shape_is_checked_against_the_shape_table_with_line(tmp_path):
+    from tunelab.data.shapes import ROW_SHAPES
+
+    path = write(tmp_path, "data:\n  train: x.jsonl\n  shape: alpacca\n")
+    with pytest.raises(TunelabError) as info:
+        load_config(path)
+    assert str(info.value) == (
+        f"{path}:3: data.shape: unknown shape 'alpacca' (did you mean 'alpaca'?); "
+        f"expected auto or one of {', '.join(ROW_SHAPES)}"
+    )
+    for shape in ("auto", *ROW_SHAPES):  # every shape of the table, classification included
+        assert config_from_dict({"data": {"train": "x.jsonl", "shape": shape}}).data.shape == shape
+
+
+def test_merge_dicts_and_key_lines_are_public():
+    from tunelab.config import key_lines, merge_dicts
+
+    base = {"data": {"train": "a", "split": {"seed": 1}}, "name": "x"}
+    assert merge_dicts(base, {"data": {"split": {"seed": 2}}}) == {"data": {"train": "a", "split": {"seed": 2}},
+                                                                  "name": "x"}  # fmt: skip
+    assert base["data"]["split"]["seed"] == 1
+    assert key_lines("data:\n  train: a\n  split:\n    seed: 1\n") == {
+        ("data",): 1, ("data", "train"): 2, ("data", "split"): 3, ("data", "split", "seed"): 4}  # fmt: skip

@@ -23,9 +23,10 @@ from pydantic import (
     model_validator,
 )
 
+from tunelab.data.shapes import ROW_SHAPES, known_shape
 from tunelab.errors import TunelabError
 from tunelab.methods.registry import METHODS
-from tunelab.stages.registry import TASKS
+from tunelab.stages.registry import STAGES
 
 
 class Section(BaseModel):
@@ -50,15 +51,18 @@ class DataSection(Section):
     validation: str | None = None
     test: str | None = None
     columns: dict[str, str] = Field(default_factory=dict, description="source column → field, e.g. {Doctor: answer}")
-    shape: Literal[
-        "auto", "qa", "alpaca", "prompt_completion", "input_output", "messages", "conversations", "text"
-    ] = "auto"
+    shape: str = Field("auto", description="auto (detect) or a row shape: a data.shapes.ROW_SHAPES name")
     template: str | None = Field(None, description="None = the model's chat template; else e.g. '{question}\\n{answer}'")
     system_prompt: str | None = Field(None, description="system message for chat templates (None = template default)")
     train_on_prompt: bool = Field(False, description="also compute the loss on prompt tokens")
     max_length: int = Field(256, gt=8, description="tokens per training sequence; longer rows are truncated")
     limit: int | None = Field(None, gt=0, description="use only the first N (shuffled) training rows")
     split: SplitSection = Field(default_factory=SplitSection)
+
+    @field_validator("shape")
+    @classmethod
+    def _known_shape(cls, v: str) -> str:
+        return known_shape(v, hint=_did_you_mean(v, ["auto", *ROW_SHAPES]))
 
 
 class TrainingSection(Section):
@@ -117,7 +121,7 @@ class _RunConfigBase(Section):
     @field_validator("task", "method")
     @classmethod
     def _registered(cls, v: str, info: Any) -> str:
-        table = TASKS if info.field_name == "task" else METHODS
+        table = STAGES if info.field_name == "task" else METHODS
         if v not in table:
             raise ValueError(
                 f"unknown {info.field_name} {v!r}{_did_you_mean(v, table)}; expected one of {', '.join(table)}"
@@ -126,7 +130,7 @@ class _RunConfigBase(Section):
 
     @model_validator(mode="after")
     def _options_match_task(self) -> _RunConfigBase:
-        for name, task in TASKS.items():
+        for name, task in STAGES.items():
             if name != self.task and name in self.model_fields_set and task.options is not None:
                 raise ValueError(f"options section '{name}:' given but task is '{self.task}'; set task: {name}")
         return self
@@ -164,7 +168,7 @@ RunConfig = create_model(
     __base__=_RunConfigBase,
     **{
         name: (entry.options, Field(default_factory=entry.options))
-        for name, entry in {**TASKS, **METHODS}.items()
+        for name, entry in {**STAGES, **METHODS}.items()
         if entry.options is not None
     },
 )
@@ -175,7 +179,7 @@ def _did_you_mean(word: str, choices: Any) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+def key_lines(text: str) -> dict[tuple[str, ...], int]:
     """Map each dotted key path in a YAML document to its 1-based line number."""
     lines: dict[tuple[str, ...], int] = {}
     try:
@@ -269,21 +273,22 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
     return tree
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge_dicts(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `extra` laid over it, nested mappings merged key by key (neither is changed)."""
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
 def config_from_dict(raw: dict[str, Any], *, file: str = "<config>", text: str | None = None) -> RunConfig:
     """Validate a config mapping; `text` (the YAML source) lets errors carry line numbers."""
-    key_lines = _key_lines(text) if text else {}
+    lines = key_lines(text) if text else {}
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
         errors = exc.errors()
-        raise _format_error(errors[0], file, key_lines) from exc
+        raise _format_error(errors[0], file, lines) from exc
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -301,7 +306,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         ) from exc
     if not isinstance(raw, dict):
         raise TunelabError("the config must be a mapping of keys", file=str(path), line=1)
-    raw = _merge(raw, parse_overrides(overrides))
+    raw = merge_dicts(raw, parse_overrides(overrides))
     cfg = config_from_dict(raw, file=str(path), text=text)
     cfg._source_dir = path.parent.resolve()  # relative data paths are read next to the config
     return cfg
@@ -309,7 +314,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 
 def config_dict(cfg: _RunConfigBase) -> dict[str, Any]:
     """The resolved config as plain data, with only the chosen method's options section."""
-    others = {name for name in METHODS if name != cfg.method} | {name for name in TASKS if name != cfg.task}
+    others = {name for name in METHODS if name != cfg.method} | {name for name in STAGES if name != cfg.task}
     return cfg.model_dump(mode="json", exclude=others)
 
 

@@ -3,6 +3,9 @@
 Anything a user can fix (a bad file, a bad config key, an unknown model) is raised as a
 `TunelabError`; the CLI prints its one-line message and exits with code 2, without a traceback
 unless `--debug` is given. Library callers can catch it like any exception.
+
+`kind` is a short id of what went wrong ("invalid_json", "missing_field", …), set where the error is
+raised, so a report can group problems without reading their messages.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ class TunelabError(Exception):
         line: int | None = None,
         field: str | None = None,
         expected: str | None = None,
+        kind: str | None = None,
     ) -> None:
         self.message = message
         self.file = file
         self.line = line
         self.field = field
         self.expected = expected
+        self.kind = kind
         super().__init__(str(self))
 
     def __str__(self) -> str:

@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 
 from tunelab.commands import data as data_commands
 from tunelab.config import config_from_dict
-from tunelab.data.doctor import DataErrors, check_config, check_file, check_for_training, measure
+from tunelab.data.doctor import DataErrors, Doctor, check_config, check_file, check_for_training, measure
 from tunelab.data.shapes import to_example
 from tunelab.data.templates import PromptFormat
 from tunelab.errors import TunelabError
+from tunelab.stages.registry import STAGES
 
 BAD = Path(__file__).parent / "bad"
 TEMPLATE = "{context}\n{question}\n{answer}"
@@ -66,8 +67,15 @@ def tokenizer(tiny_model):
     return load_tokenizer(tiny_model)
 
 
-def _options(options: dict, tokenizer) -> dict:
-    return {**options, "tokenizer": tokenizer} if options.get("tokenizer") else options
+def _options(options: dict, tokenizer=None) -> dict:
+    """check_file's arguments: the tiny tokenizer where asked for, and the shapes the task trains on (as the
+    CLI passes them from the stage table)."""
+    options = {k: v for k, v in options.items() if k != "tokenizer" or tokenizer is not None}
+    if options.get("tokenizer"):
+        options["tokenizer"] = tokenizer
+    if "task" in options:
+        options["task_shapes"] = STAGES[options["task"]].shapes
+    return options
 
 
 @pytest.mark.parametrize(("name", "options", "severity", "expected", "count"), CORPUS, ids=[c[0] for c in CORPUS])
@@ -81,7 +89,7 @@ def test_each_bad_file_gets_its_message_and_line(name, options, severity, expect
 
 
 def test_corpus_has_at_least_15_kinds_of_bad_files():
-    kinds = {check_file(BAD / name, **{k: v for k, v in opts.items() if k != "tokenizer"}).problems[0].kind
+    kinds = {check_file(BAD / name, **_options(opts)).problems[0].kind
              for name, opts, *_ in CORPUS if not opts.get("tokenizer")}  # fmt: skip
     assert len(kinds) >= 15, kinds
     assert len(CORPUS) >= 15
@@ -219,10 +227,98 @@ def test_classification_labels_unseen_in_training(tmp_path, tiny_model):
     test.write_text('{"text": "fine", "label": "fresh"}\n{"text": "odd", "label": "meh"}\n')
     report = check_file(train)
     assert report.ok and report.shape == "classification"
-    from tunelab.data.doctor import _Doctor
-
-    doctor = _Doctor(columns={}, shape="auto", task="classify", labels=None)
+    doctor = Doctor(columns={}, shape="auto", task="classify", labels=None)
     doctor.check_sources({"train": str(train), "test": str(test)}, base_dir=None)
     assert [str(p) for p in doctor.report.errors] == [
         f"{test}:2: label: label 'meh' does not occur in the training data (expected one of fresh, rotten)"
     ]
+
+
+def _same_splits(got, want) -> None:
+    for name in ("train", "validation", "test"):
+        assert getattr(got, name) == getattr(want, name), name  # the same Examples, in the same order
+    assert (got.shape, got.source, got.notes) == (want.shape, want.source, want.notes)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"split": {"validation": 0.1, "test": 0.2, "seed": 7}},
+        {"split": {"validation": 0.1, "test": 0.1, "seed": 3}, "limit": 20},
+        {"train": str(BAD / "leak_train.jsonl"), "test": str(BAD / "leak_test.jsonl"), "split": {"validation": 0.3}},
+        {"train": str(BAD / "duplicate_rows.jsonl"), "shape": "qa"},
+        {"train": str(BAD / "empty_row.jsonl")},
+    ],
+    ids=["carved", "limit", "given-test", "explicit-shape", "empty-row"],
+)
+def test_training_preflight_hands_over_the_splits_training_would_load(tmp_path, tiny_model, qa_file, data):
+    from tunelab.data.splits import splits_from_config
+
+    cfg = _config(tmp_path, tiny_model, **{"train": str(qa_file), **data})
+    report = check_for_training(cfg)
+    assert report.ok
+    _same_splits(report.splits, splits_from_config(cfg.data, cfg._source_dir))
+    checked = check_config(cfg)  # the full check carves the same splits
+    _same_splits(checked.splits, report.splits)
+    assert checked.split_counts == {n: len(getattr(report.splits, n)) for n in ("train", "validation", "test")}
+
+
+def test_preflight_splits_match_the_loader_on_chatterbot(tmp_path, tiny_model):
+    pytest.importorskip("chatterbot_corpus")  # located without importing: find_spec is enough
+    from tunelab.data.splits import splits_from_config
+
+    cfg = _config(tmp_path, tiny_model, train="builtin:chatterbot", split={"validation": 0.05, "test": 0.05, "seed": 11})
+    report = check_for_training(cfg)
+    assert report.ok and len(report.splits.train) + len(report.splits.validation) + len(report.splits.test) == 2144
+    _same_splits(report.splits, splits_from_config(cfg.data, cfg._source_dir))
+
+
+def test_preflight_reads_each_source_once(tmp_path, tiny_model, qa_file, monkeypatch):
+    from tunelab.data import splits
+
+    calls = []
+    real = splits.read_rows
+    monkeypatch.setattr(splits, "read_rows", lambda path, **kw: calls.append(path) or real(path, **kw))
+    cfg = _config(tmp_path, tiny_model, train=str(qa_file), test=str(BAD / "leak_test.jsonl"))
+    report = check_for_training(cfg)
+    assert report.ok and report.splits is not None
+    assert calls == [str(qa_file), str(BAD / "leak_test.jsonl")]
+
+
+def test_preflight_refuses_what_the_loader_refuses(tmp_path, tiny_model, qa_file):
+    """Errors only carving finds, and rows the majority vote accepts but training's first-row rule does not."""
+    cfg = _config(tmp_path, tiny_model, train=str(qa_file), split={"validation": 0.6, "test": 0.5})
+    report = check_for_training(cfg)
+    assert [(p.kind, p.message) for p in report.errors] == [
+        ("config", "validation_fraction + test_fraction is 1.1, leaving nothing to train on")]  # fmt: skip
+    assert report.splits is None
+    from tunelab.data.splits import load_splits
+
+    first = tmp_path / "first.jsonl"  # the first row is also question/answer; most rows are Alpaca only
+    both = {"question": "q", "answer": "a", "instruction": "i", "output": "o"}
+    first.write_text("\n".join(json.dumps(r) for r in [both, {"instruction": "j", "output": "p"},
+                                                       {"instruction": "k", "output": "r"}]) + "\n")  # fmt: skip
+    report = check_for_training(_config(tmp_path, tiny_model, train=str(first)))
+    with pytest.raises(TunelabError) as info:
+        load_splits(str(first))
+    assert [str(p) for p in report.errors] == [str(info.value)] and report.errors[0].kind == "mixed_shapes"
+
+
+def test_task_shapes_are_passed_in_not_looked_up(tmp_path, tiny_model):
+    text = BAD / "text_for_sft.jsonl"
+    assert check_file(text, task="sft").ok  # no table given: the task's shapes are not checked
+    report = check_file(text, task="sft", task_shapes=("qa", "messages"))
+    assert [str(p) for p in report.errors] == [
+        f"{text}: data: task 'sft' cannot train on rows of shape 'text' (expected rows of shape qa, messages)"]  # fmt: skip
+    cfg = _config(tmp_path, tiny_model, train=str(text))
+    assert [p.kind for p in check_for_training(cfg, task_shapes=STAGES["sft"].shapes).errors] == ["task_shape"]
+
+
+def test_the_doctor_does_not_import_the_stages():
+    import subprocess
+    import sys
+
+    code = ("import sys, tunelab.data.doctor, tunelab.data.preview, tunelab.data.prepare; "
+            "print(sorted(m for m in sys.modules if m.startswith('tunelab.stages')))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

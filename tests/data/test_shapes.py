@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from tunelab.data.shapes import RESPONSE_FIELD, SHAPES, describe_shape, detect_shape, to_example
+from tunelab.data.shapes import (
+    RESPONSE_FIELD,
+    ROW_SHAPES,
+    SHAPES,
+    Example,
+    describe_shape,
+    detect_shape,
+    prompt_key,
+    row_problems,
+    to_example,
+)
 from tunelab.errors import TunelabError
 
 CHAT = [
@@ -143,3 +153,57 @@ def test_classification_labels_may_be_ints_but_not_bools():
     assert to_example({"text": "t", "label": 3}, "classification", file="f", line=1).fields["label"] == 3
     with pytest.raises(TunelabError, match="f:2: label: is True"):
         to_example({"text": "t", "label": True}, "classification", file="f", line=2)
+
+
+def test_one_table_of_shapes_in_detection_order():
+    assert SHAPES == tuple(ROW_SHAPES) == ("qa", "alpaca", "prompt_completion", "input_output", "messages",
+                                           "conversations", "classification", "text")  # fmt: skip
+    prompts = {name: s.prompt_field for name, s in ROW_SHAPES.items() if s.kind == "pair"}
+    assert prompts == {"qa": "question", "alpaca": "instruction", "prompt_completion": "prompt", "input_output": "input"}
+    assert RESPONSE_FIELD == {name: s.response_field for name, s in ROW_SHAPES.items() if s.kind == "pair"}
+    for name, shape in ROW_SHAPES.items():
+        assert shape.name == name and set(shape.required) <= set(shape.fields)
+        assert shape.kind in ("pair", "chat", "classification", "text")
+        assert describe_shape(name) == shape.description
+
+
+@pytest.mark.parametrize(
+    ("row", "shape", "kinds"),
+    [
+        ({"question": "Q"}, "qa", ["missing_field"]),
+        ({"question": ["x"], "answer": ""}, "qa", ["wrong_type", "empty_field"]),
+        ({"text": "t", "label": True}, "classification", ["labels"]),
+        ({"messages": []}, "messages", ["empty_field"]),
+        ({"messages": "hi"}, "messages", ["wrong_type"]),
+        ({"messages": [{"role": "bot", "content": "x"}]}, "messages", ["unknown_role"]),
+        ({"messages": [{"role": "user", "content": "x"}]}, "messages", ["no_assistant"]),
+        ({"messages": [{"role": "user"}]}, "messages", ["missing_field"]),
+        ({"text": "x"}, "chat", ["config"]),
+    ],
+)
+def test_row_errors_carry_their_kind(row, shape, kinds):
+    _, errors = row_problems(row, shape, file="f", line=1)
+    assert [e.kind for e in errors][: len(kinds)] == kinds
+
+
+def test_unrecognised_row_kind():
+    with pytest.raises(TunelabError) as info:
+        detect_shape(["q"], file="f", line=1)
+    assert info.value.kind == "unknown_shape"
+
+
+def test_prompt_key_is_the_conversation_up_to_the_last_answer():
+    def chat(*turns):
+        return to_example({"messages": [{"role": r, "content": c} for r, c in turns]}, "messages", file="f", line=1)
+
+    one = chat(("system", "S"), ("user", " Hi "), ("assistant", "A"))
+    assert prompt_key(one) == (("system", "S"), ("user", "Hi"))
+    assert prompt_key(one) == prompt_key(chat(("system", "S "), ("user", "Hi"), ("assistant", "other answer")))
+    assert prompt_key(one) != prompt_key(chat(("user", "Hi"), ("assistant", "A")))  # the system turn counts
+    qa = to_example({"question": "Hi", "answer": "A"}, "qa", file="f", line=1)
+    assert prompt_key(qa) == (("user", "Hi"),)
+    text = to_example({"text": " doc ", "label": "x"}, "classification", file="f", line=1)
+    assert prompt_key(text) == "doc"  # the label is not part of the prompt
+    # rows that are not training examples: a prompt with no answer yet, a custom template's fields
+    assert prompt_key(Example("qa", {}, [{"role": "user", "content": "Hi"}], None, "<prompt>", {})) == (("user", "Hi"),)
+    assert prompt_key(Example("qa", {"question": "Hi"}, None, None, "<prompt>", {})) == '{"question": "Hi"}'

@@ -157,3 +157,38 @@ def test_column_mapping_conflict_and_swap(tmp_path):
     assert apply_columns(rows, {"a": "b", "b": "a"})[0].data == {"b": "1", "a": "2"}
     with pytest.raises(TunelabError, match="two columns would both be called 'b'"):
         apply_columns(rows, {"a": "b"})
+
+
+def test_every_error_carries_the_kind_it_was_raised_with(tmp_path):
+    """The doctor groups problems by `err.kind`, set where each error is raised (not read off the message)."""
+    cases = {
+        "a.jsonl": ('{"q": 1}\n{oops}\n[1]\n', ["invalid_json", "not_an_object"]),
+        "b.json": ('{"rows": []}', ["not_an_object"]),
+        "c.csv": ("a,a\n1,2\n", ["csv"]),
+        "d.csv": ("a,b\n1,2,3\n", ["csv"]),
+        "e.xlsx": ("", ["file"]),
+    }
+    for name, (text, kinds) in cases.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        found: list[TunelabError] = []
+        read_rows(tmp_path / name, problems=found)
+        assert [e.kind for e in found] == kinds, name
+    (tmp_path / "f.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
+    found = []
+    read_rows(tmp_path / "f.jsonl", problems=found)
+    assert [e.kind for e in found] == ["encoding"]
+    with pytest.raises(TunelabError) as info:
+        read_rows(tmp_path / "missing.jsonl")
+    assert info.value.kind == "file"
+    found = []
+    rows = apply_columns([Row({"Q": "a"}, "f", 1), Row({"A": "b"}, "f", 2)], {"Q": "question"}, problems=found)
+    assert [r.line for r in rows] == [1] and [(e.line, e.kind) for e in found] == [(2, "column_mapping")]
+
+
+def test_read_text_is_public(tmp_path):
+    from tunelab.data.sources import _read_text, read_text
+
+    path = tmp_path / "t.txt"
+    path.write_bytes("\ufeffhé".encode())
+    assert read_text(path) == read_text(str(path)) == "hé"
+    assert _read_text is read_text  # the old name, until inference/batch.py moves over

@@ -91,9 +91,14 @@ def test_dora_and_ia3_adapters_merge(tiny_run, tiny_model, tmp_path, method):
 
 
 def test_prompt_learning_cannot_merge_and_offers_the_adapter(tiny_run, tmp_path):
+    import yaml
+
     from tunelab.export.merge import export_adapter, merge_run
 
-    run = _copy_run(tiny_run, tmp_path, "prefix")
+    run = _copy_run(tiny_run, tmp_path, "prefix")  # a prefix-tuning run: the method in its config says so
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config.pop("lora")
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "method": "prefix"}))
     adapter_config = run / "adapter" / "adapter_config.json"
     adapter_config.write_text(json.dumps({**json.loads(adapter_config.read_text()), "peft_type": "PREFIX_TUNING"}))
     with pytest.raises(TunelabError, match=r"nothing to merge.*export .* --format adapter --out DIR"):

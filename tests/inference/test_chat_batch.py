@@ -22,11 +22,13 @@ def loaded(tiny_run):
 def _ids(loaded, prompt):
     from tunelab.data.templates import example_from_prompt
 
+    # built by hand from the run's format (not through tunelab's prompt builder)
     return loaded.fmt.prompt_ids(example_from_prompt(prompt, loaded.fmt, loaded.shape), loaded.tokenizer)
 
 
 def test_batched_streaming_greedy_equals_tunelab_generate(loaded):
-    from tunelab.inference.chat import SamplingOptions, Sequence, stream_generate
+    from tunelab.inference.decoding import SamplingOptions, Sequence
+    from tunelab.inference.decoding import decode as stream_generate
 
     reference = tunelab.generate(loaded, PROMPTS[:8], max_new_tokens=12, batch_size=1)
     pieces = [[] for _ in range(8)]
@@ -39,7 +41,8 @@ def test_batched_streaming_greedy_equals_tunelab_generate(loaded):
 
 
 def test_sampling_is_seeded_and_stop_strings_cut(loaded):
-    from tunelab.inference.chat import SamplingOptions, Sequence, stream_generate
+    from tunelab.inference.decoding import SamplingOptions, Sequence
+    from tunelab.inference.decoding import decode as stream_generate
 
     ids = _ids(loaded, PROMPTS[0])
 
@@ -157,7 +160,8 @@ def test_chat_in_a_pseudo_terminal(tiny_run):
 
 
 def test_chat_session_keeps_history_in_the_template(loaded):
-    from tunelab.inference.chat import ChatSession, SamplingOptions, conversation_ids
+    from tunelab.inference.chat import ChatSession, conversation_ids
+    from tunelab.inference.decoding import SamplingOptions
 
     session = ChatSession(loaded, SamplingOptions(max_new_tokens=6))
     first = session.send(PROMPTS[0])
@@ -176,7 +180,9 @@ def test_virtual_token_models_stream_through_transformers_generate(tiny_model, k
     from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from tunelab.inference.chat import SamplingOptions, Sequence, stream_generate, uses_virtual_tokens
+    from tunelab.inference.decoding import SamplingOptions, Sequence
+    from tunelab.inference.decoding import decode as stream_generate
+    from tunelab.methods.base import uses_virtual_tokens
     from tunelab.models.loading import load_tokenizer
 
     tok = load_tokenizer(tiny_model)

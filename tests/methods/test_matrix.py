@@ -53,21 +53,69 @@ def peft_printed(model) -> str:
 
 
 def reference_model(task, method, cfg, model_dir, labels):
-    """The same model + method built directly with transformers/peft, not through tunelab."""
-    from tunelab.config import config_from_dict
-    from tunelab.stages.registry import TASKS
+    """The same model + method built directly with transformers, peft and bitsandbytes — none of
+    tunelab's loading or method code — from the options the test config spells out."""
+    from peft import (
+        IA3Config,
+        LoraConfig,
+        PrefixTuningConfig,
+        PromptEncoderConfig,
+        PromptTuningConfig,
+        TaskType,
+        get_peft_model,  # fmt: skip
+        prepare_model_for_kbit_training,
+    )
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        BitsAndBytesConfig,  # fmt: skip
+    )
 
-    c = config_from_dict(cfg)
-    t = TASKS[task]
-    from tunelab.models.loading import load_model, load_tokenizer
-
-    kwargs = {}
+    kwargs = {"dtype": torch.float32, "attn_implementation": "sdpa", "use_safetensors": True}
+    task_type = TaskType.SEQ_CLS if task == "classify" else TaskType.CAUSAL_LM
     if task == "classify":
-        kwargs = {"labels": labels, "pad_token_id": load_tokenizer(model_dir).pad_token_id}
-    if METHODS[method].model_kwargs is not None:
-        kwargs.update(METHODS[method].model_kwargs(c.method_options(), "fp32"))
-    model = load_model(model_dir, t.model_kind, **kwargs)
-    return METHODS[method].apply(model, c.method_options(), t)
+        cls = AutoModelForSequenceClassification
+        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                      label2id={x: i for i, x in enumerate(labels)},
+                      pad_token_id=AutoTokenizer.from_pretrained(model_dir).pad_token_id)  # fmt: skip
+    else:
+        cls = AutoModelForCausalLM
+    if method == "qlora":
+        kwargs.update(device_map="cpu", quantization_config=BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float32))  # fmt: skip
+    model = cls.from_pretrained(str(model_dir), **kwargs)
+    lora = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear", "bias": "none",
+            "task_type": task_type}  # tunelab's documented LoRA defaults
+    if method in ("full", "freeze"):
+        for p in model.parameters():
+            p.requires_grad_(method == "full")
+        if method == "freeze":  # trainable_layers: 1 and the task head
+            stack = model.model.layers if hasattr(model, "model") and hasattr(model.model, "layers") else None
+            stack = stack if stack is not None else model.bert.encoder.layer
+            head = ["lm_head"] if task != "classify" else ["score", "classifier", "pooler"]
+            for p in stack[-1].parameters():
+                p.requires_grad_(True)
+            for name, module in model.named_modules():
+                if any(name == h or name.endswith("." + h) for h in head):
+                    for p in module.parameters():
+                        p.requires_grad_(True)
+        return model
+    if method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    config = {
+        "lora": lambda: LoraConfig(**lora),
+        "qlora": lambda: LoraConfig(**lora),
+        "dora": lambda: LoraConfig(**lora, use_dora=True),
+        "ia3": lambda: IA3Config(task_type=task_type),
+        "prompt": lambda: PromptTuningConfig(task_type=task_type, num_virtual_tokens=4),
+        "ptuning": lambda: PromptEncoderConfig(task_type=task_type, num_virtual_tokens=4, encoder_hidden_size=128,
+                                               encoder_reparameterization_type="MLP"),
+        "prefix": lambda: PrefixTuningConfig(task_type=task_type, num_virtual_tokens=4, prefix_projection=False,
+                                             encoder_hidden_size=128),
+    }[method]()
+    return get_peft_model(model, config)
 
 
 @pytest.mark.parametrize("method", list(METHODS))

@@ -7,7 +7,7 @@ import torch
 
 import tunelab
 from tunelab.errors import TunelabError
-from tunelab.run import RunDir
+from tunelab.runs import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,13 @@ def test_run_directory_is_complete(lora_run):
     for name in ("config.yaml", "metrics.jsonl", "loss.png", "lr.png", "eval.json", "predictions.jsonl",
                  "report.html", "template.json", "adapter/adapter_model.safetensors", "adapter/adapter_config.json"):
         assert (run.path / name).is_file(), name
-    assert not list(run.path.rglob("*.bin")) and not list(run.path.rglob("*.pt*")) or True
+    # weights are safetensors only: nothing pickled in what the run delivers, and in each checkpoint
+    # the weights are safetensors too; the only pickles are transformers Trainer's own resume state
+    pickled = {p for p in run.path.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")}
+    assert not {p for p in pickled if run.checkpoints not in p.parents}, pickled
+    assert {p.name for p in pickled} <= {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"}
+    checkpoints = sorted(run.checkpoints.glob("checkpoint-*"))
+    assert checkpoints and all((c / "adapter_model.safetensors").is_file() for c in checkpoints)
 
 
 def test_loss_goes_down_and_metrics_logged(lora_run):
@@ -56,12 +62,13 @@ def test_trainable_report_matches_peft(lora_run, tiny_model):
 
     from tunelab.config import config_from_dict
     from tunelab.methods.lora import peft_lora_config
+    from tunelab.models.kinds import MODEL_KINDS
     from tunelab.models.loading import load_model
     from tunelab.stages.common import trainable_report
-    from tunelab.stages.registry import TASKS
 
     result, cfg = lora_run
-    model = get_peft_model(load_model(tiny_model, "causal_lm"), peft_lora_config(config_from_dict(cfg).lora, TASKS["sft"]))
+    lora = peft_lora_config(config_from_dict(cfg).lora, MODEL_KINDS["causal_lm"])
+    model = get_peft_model(load_model(tiny_model, "causal_lm"), lora)
     trainable, total = model.get_nb_trainable_parameters()
     expected = f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
     assert trainable_report(model) == expected == result.results["trainable"]

@@ -1,10 +1,12 @@
 import pytest
 import torch
 
+from tunelab.models.kinds import MODEL_KINDS
 from tunelab.training import packed_attention as packed_attention_module
 from tunelab.training.packed_attention import NAME, packed_attention, supports
 from tunelab.training.packed_attention import _segments as real_segments
-from tunelab.training.trainer import make_collator
+
+make_collator = MODEL_KINDS["causal_lm"].collator
 
 
 @pytest.fixture()

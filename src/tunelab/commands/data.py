@@ -47,6 +47,17 @@ def _tokenizer(name: str, trust_remote_code: bool = False):  # noqa: ANN202
     return load_tokenizer(resolve_model(name).path, trust_remote_code=trust_remote_code)
 
 
+def _task_shapes(task: str | None) -> tuple[str, ...] | None:
+    """The row shapes a stage trains on (None: no stage given, so any shape is fine)."""
+    if task is None:
+        return None
+    from tunelab.stages.registry import STAGES
+
+    if task not in STAGES:
+        raise TunelabError(f"unknown task {task!r}", field="--task", expected=f"one of {', '.join(STAGES)}")
+    return STAGES[task].shapes
+
+
 def _try_tokenizer(name: str | None, trust_remote_code: bool = False):  # noqa: ANN202
     if name is None:
         return None, None
@@ -84,11 +95,11 @@ def check(
         if target.suffix.lower() in CONFIG_SUFFIXES:
             cfg = _load_config(target, set_)
             tokenizer, failed = _try_tokenizer(None if no_tokens else cfg.model.name, cfg.model.trust_remote_code)
-            report = doctor.check_config(cfg, tokenizer=tokenizer)
+            report = doctor.check_config(cfg, tokenizer=tokenizer, task_shapes=_task_shapes(cfg.task))
         else:
             tokenizer, failed = _try_tokenizer(None if no_tokens else model)
             report = doctor.check_file(
-                target, columns=_pairs(column, "--column"), shape=shape, task=task,
+                target, columns=_pairs(column, "--column"), shape=shape, task=task, task_shapes=_task_shapes(task),
                 labels=[x.strip() for x in labels.split(",") if x.strip()] if labels else None,
                 tokenizer=tokenizer, template=template, max_length=max_length,
             )  # fmt: skip
@@ -121,7 +132,7 @@ def preview(
     cfg = _load_config(config, set_)
     tokenizer = _tokenizer(cfg.model.name, cfg.model.trust_remote_code)
     console = _console()
-    result = build_preview(cfg, tokenizer, n=n, split=split)
+    result = build_preview(cfg, tokenizer, n=n, split=split, task_shapes=_task_shapes(cfg.task))
     render_preview(result, tokenizer, console, plain=plain or not console.is_terminal, tokens=tokens)
 
 
@@ -136,7 +147,7 @@ def stats(
 
     cfg = _load_config(config, set_)
     tokenizer = _tokenizer(cfg.model.name, cfg.model.trust_remote_code)
-    result = compute_stats(cfg, tokenizer)
+    result = compute_stats(cfg, tokenizer, task_shapes=_task_shapes(cfg.task))
     path = plot_lengths(result, png or Path(cfg.output_dir) / f"{cfg.name}.token_lengths.png")
     if fmt == "json":
         summary = result.lengths.summary()

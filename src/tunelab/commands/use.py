@@ -18,7 +18,7 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def _sampling(max_tokens: int, temperature: float, top_p: float, greedy: bool, seed: int | None):
-    from tunelab.inference.chat import SamplingOptions
+    from tunelab.inference.decoding import SamplingOptions
 
     if temperature < 0:
         raise TunelabError("must be >= 0", field="--temperature", expected="0 (greedy) to 2")
@@ -44,9 +44,7 @@ def generate(
             raise TunelabError("give --prompt or --input, not both", expected="tunelab generate RUN --input FILE --output FILE")
         if output is None:
             raise TunelabError("--input needs --output", expected="tunelab generate RUN --input FILE --output out.jsonl")
-        from tunelab.inference.batch import generate_file
-
-        res = generate_file(run, input, output, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        res = api.generate_file(run, input, output, max_new_tokens=max_new_tokens, batch_size=batch_size)
         rate = f" · {res.new_tokens / res.seconds:.1f} tokens/s" if res.seconds else ""
         limit = f" · {res.hit_limit} stopped at --max-new-tokens" if res.hit_limit else ""
         err.print(f"[green]wrote[/green] {res.rows} rows to {res.output} in {res.seconds} s{rate}{limit}")
@@ -72,7 +70,7 @@ def chat(
 ) -> None:
     """Chat with a run's model in the terminal: streamed answers, history, the run's own template."""
     from tunelab import api
-    from tunelab.inference.chat import require_generative, run_chat
+    from tunelab.inference.chat import run_chat
     from tunelab.progress import status
 
     options = _sampling(max_tokens, temperature, top_p, greedy, seed)
@@ -82,7 +80,7 @@ def chat(
         torch.set_num_threads(threads)
     with status(f"Loading {run}"):
         loaded = api.load_run(run)
-    require_generative(loaded)
+    loaded.require_generative()
     run_chat(loaded, options)
 
 

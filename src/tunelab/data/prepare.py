@@ -22,25 +22,24 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tunelab.data.doctor import (
-    ERROR,
-    DataErrors,
-    Problem,
+from tunelab.data.problems import ERROR, DataErrors, Problem
+from tunelab.data.shapes import (
+    ROW_SHAPES,
+    Example,
     content_key,
+    describe_shape,
+    detect_shape,
+    detect_shapes,
+    kind_of,
+    known_shape,
     prompt_key,
     row_problems,
 )
-from tunelab.data.shapes import REQUIRED, SHAPES, Example, describe_shape, detect_shape
-from tunelab.data.sources import BUILTIN_PREFIX, Row, read_rows, resolve_source
+from tunelab.data.sources import Row, resolve_source
+from tunelab.data.splits import read_source
 from tunelab.errors import TunelabError
 
-OUTPUT_SHAPES = ("qa", "alpaca", "prompt_completion", "input_output", "messages", "conversations", "text")
-_PAIR_FIELDS = {  # single-turn shapes: (prompt field, response field)
-    "qa": ("question", "answer"),
-    "alpaca": ("instruction", "output"),
-    "prompt_completion": ("prompt", "completion"),
-    "input_output": ("input", "output"),
-}
+OUTPUT_SHAPES = tuple(name for name, s in ROW_SHAPES.items() if s.kind != "classification")  # rows `to` can write
 _SHAREGPT_FROM = {"user": "human", "assistant": "gpt", "system": "system"}
 
 
@@ -77,9 +76,7 @@ class PrepareConfig(BaseModel):
     @field_validator("shape")
     @classmethod
     def _known_shape(cls, v: str) -> str:
-        if v != "auto" and v not in SHAPES:
-            raise ValueError(f"unknown shape {v!r}; expected auto or one of {', '.join(SHAPES)}")
-        return v
+        return known_shape(v)
 
     @field_validator("to")
     @classmethod
@@ -139,7 +136,7 @@ class PrepareResult:
 def load_prepare_config(path: str | Path, overrides: list[str] | None = None) -> tuple[PrepareConfig, Path | None]:
     """A prepare YAML (or a data file, all options then from `--set`); returns it and the folder that
     relative input paths are read from."""
-    from tunelab.config import _key_lines, _merge, parse_overrides
+    from tunelab.config import key_lines, merge_dicts, parse_overrides
 
     path = Path(path)
     extra = parse_overrides(overrides)
@@ -156,7 +153,7 @@ def load_prepare_config(path: str | Path, overrides: list[str] | None = None) ->
                            line=mark.line + 1 if mark else None) from None  # fmt: skip
     if not isinstance(raw, dict):
         raise TunelabError("the config must be a mapping of keys", file=str(path), line=1)
-    return _validate(_merge(raw, extra), str(path), _key_lines(text)), path.parent.resolve()
+    return _validate(merge_dicts(raw, extra), str(path), key_lines(text)), path.parent.resolve()
 
 
 def _validate(raw: dict[str, Any], file: str, lines: dict[tuple[str, ...], int]) -> PrepareConfig:
@@ -252,14 +249,9 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path, *, base_dir: Path | None = 
 
 
 def _read(label: str, problems: list[Problem], notes: list[str]) -> list[Row]:
-    if label.startswith(BUILTIN_PREFIX):
-        from tunelab.data.builtin import load_builtin_with_notes
-
-        rows, more = load_builtin_with_notes(label[len(BUILTIN_PREFIX) :])
-        notes += more
-        return rows
     found: list[TunelabError] = []
-    rows = read_rows(label, problems=found)
+    rows, more = read_source(label, problems=found)
+    notes += more
     problems += [Problem(ERROR, "read", e.message, e.file, e.line, e.field, e.expected) for e in found]
     if problems:
         raise DataErrors(problems, hint="fix the file; prepare reads every row")
@@ -318,25 +310,19 @@ def _shape(rows: list[Row], cfg: PrepareConfig, label: str) -> str:
         return cfg.shape
     if not rows:
         raise TunelabError("no rows", file=label, expected="at least one row")
-    counts: Counter[str] = Counter()
-    for row in rows:
-        try:
-            counts[detect_shape(row.data, file=row.file, line=row.line)] += 1
-        except TunelabError:
-            pass
-    if not counts:
+    shape, _ = detect_shapes(rows)
+    if shape is None:
         detect_shape(rows[0].data, file=rows[0].file, line=rows[0].line)  # raises the helpful message
-    shape = counts.most_common(1)[0][0]
     for field_name in cfg.strip_prefix:
         if not any(field_name in row.data for row in rows):
             raise TunelabError(f"no row has a field {field_name!r}", field=f"strip_prefix.{field_name}",
-                               expected=f"a field of the rows, e.g. one of {', '.join(REQUIRED[shape])}")  # fmt: skip
+                               expected=f"a field of the rows, e.g. one of {', '.join(ROW_SHAPES[shape].required)}")  # fmt: skip
     return shape
 
 
 def _is_emptiness(err: TunelabError) -> bool:
     """An empty field (an empty cell, "" or []), as opposed to a missing or wrongly typed one."""
-    return err.message in ("is empty", "is an empty list")
+    return err.kind == "empty_field"
 
 
 def _dedupe(examples: list[tuple[Example, Row]], dropped: dict[str, list[str]]) -> list[tuple[Example, Row]]:
@@ -378,8 +364,8 @@ def convert(example: Example, shape: str, data: dict[str, Any] | None = None) ->
     meta = dict(example.meta)
     if shape == example.shape:
         return dict(data) if data is not None else {**example.fields, **meta}
-    if shape == "text":
-        raise _cannot(example, "text", "only plain-text rows convert to text")
+    if kind_of(shape) == "text":
+        raise _cannot(example, shape, "only plain-text rows convert to text")
     if example.messages is None:
         raise _cannot(example, shape, f"{describe_shape(example.shape)} rows have no prompt and answer")
     messages = example.messages
@@ -394,11 +380,9 @@ def convert(example: Example, shape: str, data: dict[str, Any] | None = None) ->
     if [m["role"] for m in turns] != ["user", "assistant"]:
         raise _cannot(example, shape, f"the row has {len(turns)} turns; {describe_shape(shape)} holds one "
                       "question and one answer")  # fmt: skip
-    prompt_field, response_field = _PAIR_FIELDS[shape]
-    row = {prompt_field: turns[0]["content"], response_field: turns[1]["content"]}
-    if shape == "alpaca":
-        row = {"instruction": turns[0]["content"], "input": "", "output": turns[1]["content"]}
-    return {**row, **meta}
+    spec = ROW_SHAPES[shape]  # a pair shape: its prompt and response fields, its optional ones empty
+    answer = {spec.prompt_field: turns[0]["content"], spec.response_field: turns[1]["content"]}
+    return {**{name: answer.get(name, "") for name in spec.fields}, **meta}
 
 
 def _cannot(example: Example, shape: str, why: str) -> TunelabError:

@@ -14,21 +14,11 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from tunelab.data.doctor import (
-    ERROR,
-    WARNING,
-    DataErrors,
-    DoctorReport,
-    Lengths,
-    Problem,
-    check_config,
-    classification_lengths,
-    measure,
-    prompt_mismatch,
-    template_problems,
-)
-from tunelab.data.shapes import Example, describe_shape
-from tunelab.data.splits import Splits, load_splits
+from tunelab.data.doctor import check_for_training
+from tunelab.data.lengths import classification_lengths, measure, prompt_mismatch, template_problems
+from tunelab.data.problems import ERROR, WARNING, DataErrors, DoctorReport, Lengths, Problem
+from tunelab.data.shapes import Example, describe_shape, kind_of
+from tunelab.data.splits import Splits
 
 IGNORE_INDEX = -100
 TRAINED_STYLE = "bold green"
@@ -40,24 +30,20 @@ OPEN, CLOSE = "[[", "]]"  # around trained text when colour is off
 # -- loading what the trainer loads ------------------------------------------------------------
 
 
-def load_checked_splits(cfg: Any) -> Splits:
-    """The splits training will use; bad data raises every error at once (as the training preflight)."""
-    report = check_config(cfg, splits=False)
-    if report.errors:
-        raise DataErrors(report.errors)
-    d = cfg.data
-    return load_splits(
-        d.train, validation=d.validation, test=d.test, columns=d.columns or None, shape=d.shape,
-        validation_fraction=d.split.validation, test_fraction=d.split.test, seed=d.split.seed,
-        limit=d.limit, base_dir=getattr(cfg, "_source_dir", None),
-    )  # fmt: skip
+def load_checked_splits(cfg: Any, *, task_shapes: tuple[str, ...] | None = None) -> Splits:
+    """The splits training will use, from the training preflight: bad data raises every error at once.
+    `task_shapes`: the row shapes `cfg.task` trains on (None: not checked)."""
+    report = check_for_training(cfg, task_shapes=task_shapes)
+    report.raise_for_errors()
+    assert report.splits is not None  # carved whenever there are no errors
+    return report.splits
 
 
 def build_format(cfg: Any, tokenizer: Any, shape: str) -> Any:
     """The run's PromptFormat (None for classification, which has no prompt template)."""
     from tunelab.data.templates import PromptFormat
 
-    if shape == "classification":
+    if kind_of(shape) == "classification":
         return None
     d = cfg.data
     return PromptFormat.build(tokenizer, shape=shape, template=d.template, system_prompt=d.system_prompt,
@@ -100,9 +86,11 @@ class Preview:
     notes: list[str] = field(default_factory=list)
 
 
-def build_preview(cfg: Any, tokenizer: Any, *, n: int = 3, split: str = "train") -> Preview:
+def build_preview(
+    cfg: Any, tokenizer: Any, *, n: int = 3, split: str = "train", task_shapes: tuple[str, ...] | None = None
+) -> Preview:
     """The first `n` rows of a split, encoded exactly as the trainer will encode them."""
-    splits = load_checked_splits(cfg)
+    splits = load_checked_splits(cfg, task_shapes=task_shapes)
     examples: list[Example] = getattr(splits, split)[:n]
     max_length = cfg.data.max_length
     fmt = build_format(cfg, tokenizer, splits.shape)
@@ -229,9 +217,9 @@ class Stats:
     notes: list[str]
 
 
-def compute_stats(cfg: Any, tokenizer: Any) -> Stats:
+def compute_stats(cfg: Any, tokenizer: Any, *, task_shapes: tuple[str, ...] | None = None) -> Stats:
     """Rows per split and token lengths of every row, as the trainer builds them."""
-    splits = load_checked_splits(cfg)
+    splits = load_checked_splits(cfg, task_shapes=task_shapes)
     max_length = cfg.data.max_length
     fmt = build_format(cfg, tokenizer, splits.shape)
     per_split: dict[str, Lengths] = {}
@@ -271,7 +259,7 @@ def render_stats(stats: Stats, console: Console, *, png: Path | None = None) -> 
     if not s.get("rows"):
         return
     what = {"text": "tokens per document", "classification": "tokens per text"}.get(
-        stats.shape, "tokens per row (prompt + answer, as trained)"
+        kind_of(stats.shape) or "", "tokens per row (prompt + answer, as trained)"
     )
     console.print(f"{what}: min {s['min']} · median {s['median']} · mean {s['mean']} · max {s['max']}",
                   markup=False, highlight=False)  # fmt: skip

@@ -1,48 +1,61 @@
-"""Recognise what a row looks like (question/answer, Alpaca, chat, ...) and turn it into one `Example` form."""
+"""The one table of row shapes (question/answer, Alpaca, chat, ...): how each is recognised and turned into
+one `Example` form, and what makes two examples the same row or the same prompt."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from tunelab.errors import TunelabError
 
-# "classification" precedes "text": detection takes the first shape whose fields are all present
-SHAPES = ("qa", "alpaca", "prompt_completion", "input_output", "messages", "conversations", "classification", "text")
 
-# Fields of each shape in prompt→response order; REQUIRED decides detection, FIELDS what is not meta.
-FIELDS = {
-    "qa": ("question", "answer"),
-    "alpaca": ("instruction", "input", "output"),
-    "prompt_completion": ("prompt", "completion"),
-    "input_output": ("input", "output"),
-    "messages": ("messages",),
-    "conversations": ("conversations",),
-    "classification": ("text", "label"),
-    "text": ("text",),
-}
-REQUIRED = {**FIELDS, "alpaca": ("instruction", "output")}
-RESPONSE_FIELD = {
-    "qa": "answer",
-    "alpaca": "output",
-    "prompt_completion": "completion",
-    "input_output": "output",
-}
+@dataclass(frozen=True)
+class RowShape:
+    """One way a data row can look. Adding a shape is one entry in `ROW_SHAPES` (and, for a new `kind`,
+    one builder in `_BUILDERS`); detection, validation, the doctor, prepare and the configs read this table."""
 
-_DESCRIPTIONS = {
-    "qa": "question/answer (fields question, answer)",
-    "alpaca": "Alpaca instruction (fields instruction, input (optional), output)",
-    "prompt_completion": "prompt/completion (fields prompt, completion)",
-    "input_output": "input/output (fields input, output)",
-    "messages": "chat messages (field messages: a list of {role, content})",
-    "conversations": "ShareGPT conversations (field conversations: a list of {from, value})",
-    "classification": "text classification (fields text, label)",
-    "text": "plain text for pretraining (field text)",
-}
+    name: str
+    fields: tuple[str, ...]  # its fields in prompt → response order; every other column is meta
+    required: tuple[str, ...]  # the fields a row must have: detection picks the first shape with all of them
+    prompt_field: str | None  # pair shapes: the field a prompt-only row needs (batch generation)
+    response_field: str | None  # pair shapes: the field the model learns to write
+    kind: str  # "pair" | "chat" | "classification" | "text": how a row becomes an Example
+    description: str  # human name with its fields, for notes and error messages
+
+
+# In detection order: "classification" precedes "text", whose only field it also has.
+ROW_SHAPES: dict[str, RowShape] = {
+    s.name: s
+    for s in (
+        RowShape("qa", ("question", "answer"), ("question", "answer"), "question", "answer", "pair",
+                 "question/answer (fields question, answer)"),
+        RowShape("alpaca", ("instruction", "input", "output"), ("instruction", "output"), "instruction", "output",
+                 "pair", "Alpaca instruction (fields instruction, input (optional), output)"),
+        RowShape("prompt_completion", ("prompt", "completion"), ("prompt", "completion"), "prompt", "completion",
+                 "pair", "prompt/completion (fields prompt, completion)"),
+        RowShape("input_output", ("input", "output"), ("input", "output"), "input", "output", "pair",
+                 "input/output (fields input, output)"),
+        RowShape("messages", ("messages",), ("messages",), None, None, "chat",
+                 "chat messages (field messages: a list of {role, content})"),
+        RowShape("conversations", ("conversations",), ("conversations",), None, None, "chat",
+                 "ShareGPT conversations (field conversations: a list of {from, value})"),
+        RowShape("classification", ("text", "label"), ("text", "label"), None, None, "classification",
+                 "text classification (fields text, label)"),
+        RowShape("text", ("text",), ("text",), None, None, "text", "plain text for pretraining (field text)"),
+    )
+}  # fmt: skip
+
+# Views of the table, for code that wants one column of it.
+SHAPES = tuple(ROW_SHAPES)
+RESPONSE_FIELD = {name: s.response_field for name, s in ROW_SHAPES.items() if s.response_field}
+
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "model": "assistant", "system": "system"}  # fmt: skip
+_TURN_KEYS = {"messages": ("role", "content"), "conversations": ("from", "value")}  # chat field → its turn keys
 
 
 @dataclass
@@ -57,42 +70,101 @@ class Example:
     meta: dict[str, Any]
 
 
+def prompt_key(example: Any) -> Hashable:
+    """What makes two examples the same prompt (a held-out row that leaks, a group kept in one split or
+    fold): the conversation up to its last answer, stripped (the whole conversation when it has no answer);
+    else the document or classified text, stripped (the fields, as JSON, when there is no text)."""
+    if example.messages:
+        turns = example.messages
+        last = max((i for i, m in enumerate(turns) if m["role"] == "assistant"), default=len(turns))
+        return tuple((m["role"], m["content"].strip()) for m in turns[:last])
+    return (example.text or json.dumps(example.fields, sort_keys=True, ensure_ascii=False, default=str)).strip()
+
+
+def content_key(example: Example) -> Hashable:
+    """What makes two examples the same row for training."""
+    if example.messages is not None:
+        return tuple((m["role"], m["content"]) for m in example.messages)
+    return (example.text, example.fields.get("label"))
+
+
+def kind_of(shape: str | None) -> str | None:
+    """The kind of a shape ("pair", "chat", "classification", "text"); None for a name not in the table."""
+    return ROW_SHAPES[shape].kind if shape in ROW_SHAPES else None
+
+
 def describe_shape(shape: str) -> str:
     """Human name of a shape, with its fields, for notes and error messages."""
-    return _DESCRIPTIONS.get(shape, shape)
+    return ROW_SHAPES[shape].description if shape in ROW_SHAPES else shape
 
 
 def all_shapes() -> str:
     """Every recognised shape, for 'expected ...' in error messages."""
-    return "; ".join(f"{name}: {describe_shape(name)}" for name in SHAPES)
+    return "; ".join(f"{name}: {s.description}" for name, s in ROW_SHAPES.items())
+
+
+def shape_choices(*, auto: bool = True) -> str:
+    """'auto or one of qa, alpaca, …': what a `shape` option accepts."""
+    names = ", ".join(ROW_SHAPES)
+    return f"auto or one of {names}" if auto else f"one of {names}"
+
+
+def known_shape(value: str, *, hint: str = "") -> str:
+    """A config's `shape` option: "auto" or a shape of the table; else a ValueError (pydantic validators
+    turn it into a line-numbered config error). `hint` follows the name, e.g. a did-you-mean."""
+    if value != "auto" and value not in ROW_SHAPES:
+        raise ValueError(f"unknown shape {value!r}{hint}; expected {shape_choices()}")
+    return value
+
+
+def check_shape_name(shape: str, *, field: str = "shape") -> None:
+    """Refuse a requested shape that is neither "auto" nor in the table."""
+    if shape != "auto" and shape not in ROW_SHAPES:
+        raise TunelabError(f"unknown shape {shape!r}", field=field, expected=shape_choices(), kind="config")
 
 
 def detect_shape(keys: Iterable[str], *, file: str, line: int) -> str:
-    """Pick the shape whose required fields are all present (first match in SHAPES order)."""
+    """Pick the shape whose required fields are all present (first match in table order)."""
     keys = list(keys)
-    for shape in SHAPES:
-        if all(field in keys for field in REQUIRED[shape]):
-            return shape
+    for shape in ROW_SHAPES.values():
+        if all(field in keys for field in shape.required):
+            return shape.name
     hint = ""
     lower = {str(k).lower(): k for k in keys}
-    for shape in SHAPES:
-        if all(field in lower for field in REQUIRED[shape]):
-            mapping = ", ".join(f"{lower[f]}: {f}" for f in REQUIRED[shape])
-            hint = f"; to use them as {shape}, set columns: {{{mapping}}}"
+    for shape in ROW_SHAPES.values():
+        if all(field in lower for field in shape.required):
+            mapping = ", ".join(f"{lower[f]}: {f}" for f in shape.required)
+            hint = f"; to use them as {shape.name}, set columns: {{{mapping}}}"
             break
     raise TunelabError(
         f"cannot tell the shape of the data from the row's keys {', '.join(map(repr, keys)) or '(none)'}{hint}",
         file=file,
         line=line,
         expected=f"one of {all_shapes()}; or map your columns onto these fields",
+        kind="unknown_shape",
     )
+
+
+def detect_shapes(rows: list[Any]) -> tuple[str | None, list[str | None]]:
+    """The shape most rows have (ties: the first seen) and each row's own (None: not recognised);
+    `rows` have `data`, `file` and `line` (sources.Row)."""
+    detected: list[str | None] = []
+    for row in rows:
+        try:
+            detected.append(detect_shape(row.data, file=row.file, line=row.line))
+        except TunelabError:
+            detected.append(None)
+    counts = Counter(s for s in detected if s is not None)
+    return (counts.most_common(1)[0][0] if counts else None), detected
 
 
 def to_example(row: dict, shape: str, *, file: str, line: int) -> Example:
     """Validate a row against a shape and build its chat (or text) form; bad rows raise with field and line."""
-    if shape not in SHAPES:
-        raise TunelabError(f"unknown shape {shape!r}", field="shape", expected=f"one of {', '.join(SHAPES)}")
-    for name in REQUIRED[shape]:
+    spec = ROW_SHAPES.get(shape)
+    if spec is None:
+        raise TunelabError(f"unknown shape {shape!r}", field="shape", expected=shape_choices(auto=False),
+                           kind="config")  # fmt: skip
+    for name in spec.required:
         if name not in row:
             keys = ", ".join(map(repr, row)) or "(none)"
             raise TunelabError(
@@ -100,39 +172,72 @@ def to_example(row: dict, shape: str, *, file: str, line: int) -> Example:
                 file=file,
                 line=line,
                 field=name,
-                expected=describe_shape(shape),
+                expected=spec.description,
+                kind="missing_field",
             )
-    where = {"file": file, "line": line}
-    fields: dict[str, Any] = {}
-    messages: list[dict] | None
-    text = None
-    if shape == "text":
-        fields["text"] = text = _string(row, "text", **where)
-        messages = None
-    elif shape == "classification":
-        fields["text"] = text = _string(row, "text", **where)
-        fields["label"] = _label(row, **where)
-        messages = None
-    elif shape == "messages":
-        fields["messages"] = row["messages"]
-        messages = _messages(row["messages"], "messages", "role", "content", **where)
-    elif shape == "conversations":
-        fields["conversations"] = row["conversations"]
-        messages = _messages(row["conversations"], "conversations", "from", "value", **where)
-    else:
-        for name in FIELDS[shape]:
-            optional = shape == "alpaca" and name == "input"
-            fields[name] = _string(row, name, optional=optional, **where)
-        prompt_field, response_field = REQUIRED[shape]
-        prompt = fields[prompt_field]
-        if shape == "alpaca" and fields["input"].strip():
-            prompt += "\n\n" + fields["input"]
-        messages = [
-            {"role": "user", "content": prompt},
-            {"role": "assistant", "content": fields[response_field]},
-        ]
-    meta = {k: v for k, v in row.items() if k not in FIELDS[shape]}
+    fields, messages, text = _BUILDERS[spec.kind](row, spec, {"file": file, "line": line})
+    meta = {k: v for k, v in row.items() if k not in spec.fields}
     return Example(shape, fields, messages, text, f"{file}:{line}", meta)
+
+
+Built = tuple[dict[str, Any], list[dict] | None, str | None]  # an Example's fields, messages and text
+
+
+def _pair(row: dict, spec: RowShape, where: dict) -> Built:
+    """One prompt and one response; optional fields (Alpaca's input) are appended to the prompt."""
+    fields = {name: _string(row, name, optional=name not in spec.required, **where) for name in spec.fields}
+    prompt = fields[spec.prompt_field]
+    for name in spec.fields:
+        if name not in (spec.prompt_field, spec.response_field) and fields[name].strip():
+            prompt += "\n\n" + fields[name]
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": fields[spec.response_field]}]
+    return fields, messages, None
+
+
+def _chat(row: dict, spec: RowShape, where: dict) -> Built:
+    (name,) = spec.fields
+    return {name: row[name]}, _messages(row[name], name, *_TURN_KEYS[name], **where), None
+
+
+def _text_fields(row: dict, spec: RowShape, where: dict) -> Built:
+    """A text (and, for classification, its label)."""
+    fields = {name: _label(row, **where) if name == "label" else _string(row, name, **where) for name in spec.fields}
+    return fields, None, fields["text"]
+
+
+_BUILDERS: dict[str, Callable[[dict, RowShape, dict], Built]] = {
+    "pair": _pair,
+    "chat": _chat,
+    "classification": _text_fields,
+    "text": _text_fields,
+}
+
+_PLACEHOLDERS: dict[str, Any] = {  # valid stand-ins for a bad field, so `row_problems` can look further
+    "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "x"}],
+    "conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "x"}],
+}
+
+
+def row_problems(data: dict, shape: str, *, file: str, line: int) -> tuple[Example | None, list[TunelabError]]:
+    """`to_example`, but every bad field is reported, not only the first: after each error the field is
+    replaced by a valid stand-in and the row checked again, so the messages are exactly training's."""
+    try:
+        return to_example(data, shape, file=file, line=line), []
+    except TunelabError as err:
+        errors = [err]
+    spec = ROW_SHAPES.get(shape)
+    patched, fixed = dict(data), set()
+    while True:
+        key = (errors[-1].field or "").split("[")[0].split(".")[0]
+        if not key or key in fixed or len(fixed) > len(spec.fields if spec else ()):
+            return None, errors
+        fixed.add(key)
+        patched[key] = _PLACEHOLDERS.get(key, "x")
+        try:
+            to_example(patched, shape, file=file, line=line)
+            return None, errors
+        except TunelabError as err:
+            errors.append(err)
 
 
 def _label(row: dict, *, file: str, line: int) -> str | int:
@@ -142,9 +247,8 @@ def _label(row: dict, *, file: str, line: int) -> str | int:
         return value.strip()
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    raise TunelabError(
-        f"is {value!r}", file=file, line=line, field="label", expected="a class name (string) or an integer class id"
-    )
+    raise TunelabError(f"is {value!r}", file=file, line=line, field="label",
+                       expected="a class name (string) or an integer class id", kind="labels")  # fmt: skip
 
 
 def _string(row: dict, name: str, *, file: str, line: int, optional: bool = False) -> str:
@@ -155,11 +259,11 @@ def _string(row: dict, name: str, *, file: str, line: int, optional: bool = Fals
     if isinstance(value, int | float) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
-        raise TunelabError(
-            f"is {_type_name(value)}, not a string", file=file, line=line, field=name, expected="a string"
-        )
+        raise TunelabError(f"is {_type_name(value)}, not a string", file=file, line=line, field=name,
+                           expected="a string", kind="wrong_type")  # fmt: skip
     if not optional and not value.strip():
-        raise TunelabError("is empty", file=file, line=line, field=name, expected="a non-empty string")
+        raise TunelabError("is empty", file=file, line=line, field=name, expected="a non-empty string",
+                           kind="empty_field")  # fmt: skip
     return value
 
 
@@ -168,65 +272,39 @@ def _messages(turns: Any, field: str, role_key: str, text_key: str, *, file: str
     sharegpt = field == "conversations"
     allowed = ", ".join(SHAREGPT_ROLES if sharegpt else ROLES)
     example = f"{{{role_key!r}: ..., {text_key!r}: ...}}"
+    where = {"file": file, "line": line}
     if not isinstance(turns, list) or not turns:
-        what = "an empty list" if isinstance(turns, list) else _type_name(turns)
-        raise TunelabError(
-            f"is {what}", file=file, line=line, field=field, expected=f"a non-empty list of {example}"
-        )
+        empty = isinstance(turns, list)
+        raise TunelabError(f"is {'an empty list' if empty else _type_name(turns)}", **where, field=field,
+                           expected=f"a non-empty list of {example}", kind="empty_field" if empty else "wrong_type")  # fmt: skip
     messages = []
     for i, turn in enumerate(turns):
         at = f"{field}[{i}]"
         if not isinstance(turn, dict):
-            raise TunelabError(
-                f"is {_type_name(turn)}, not an object", file=file, line=line, field=at, expected=example
-            )
+            raise TunelabError(f"is {_type_name(turn)}, not an object", **where, field=at, expected=example,
+                               kind="wrong_type")  # fmt: skip
         for key in (role_key, text_key):
             if key not in turn:
                 keys = ", ".join(map(repr, turn)) or "(none)"
-                raise TunelabError(
-                    f"missing; the turn has keys {keys}",
-                    file=file,
-                    line=line,
-                    field=f"{at}.{key}",
-                    expected=example,
-                )
+                raise TunelabError(f"missing; the turn has keys {keys}", **where, field=f"{at}.{key}",
+                                   expected=example, kind="missing_field")  # fmt: skip
         raw_role = turn[role_key]
         role = SHAREGPT_ROLES.get(str(raw_role).lower()) if sharegpt else raw_role
         if role not in ROLES:
-            raise TunelabError(
-                f"unknown role {raw_role!r}",
-                file=file,
-                line=line,
-                field=f"{at}.{role_key}",
-                expected=f"one of {allowed}",
-            )
+            raise TunelabError(f"unknown role {raw_role!r}", **where, field=f"{at}.{role_key}",
+                               expected=f"one of {allowed}", kind="unknown_role")  # fmt: skip
         content = turn[text_key]
         if not isinstance(content, str):
-            raise TunelabError(
-                f"is {_type_name(content)}, not a string",
-                file=file,
-                line=line,
-                field=f"{at}.{text_key}",
-                expected="a string",
-            )
+            raise TunelabError(f"is {_type_name(content)}, not a string", **where, field=f"{at}.{text_key}",
+                               expected="a string", kind="wrong_type")  # fmt: skip
         if role != "system" and not content.strip():
-            raise TunelabError(
-                "is empty",
-                file=file,
-                line=line,
-                field=f"{at}.{text_key}",
-                expected=f"a non-empty {role} turn",
-            )
+            raise TunelabError("is empty", **where, field=f"{at}.{text_key}", expected=f"a non-empty {role} turn",
+                               kind="empty_field")  # fmt: skip
         messages.append({"role": role, "content": content})
     if not any(m["role"] == "assistant" for m in messages):
         reply = "assistant" if not sharegpt else "gpt/assistant/model"
-        raise TunelabError(
-            f"has no {reply} turn, so there is nothing to learn to answer",
-            file=file,
-            line=line,
-            field=field,
-            expected=f"at least one {reply} turn",
-        )
+        raise TunelabError(f"has no {reply} turn, so there is nothing to learn to answer", **where, field=field,
+                           expected=f"at least one {reply} turn", kind="no_assistant")  # fmt: skip
     return messages
 
 

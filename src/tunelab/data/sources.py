@@ -50,11 +50,11 @@ def read_rows(path: str | Path, *, problems: Problems = None) -> list[Row]:
     name = str(path)
     if not path.exists():
         return _fail(
-            problems, TunelabError("file not found", file=name, expected=f"an existing {FORMATS} file")
+            problems, TunelabError("file not found", file=name, expected=f"an existing {FORMATS} file", kind="file")
         )
     if path.is_dir():
         return _fail(
-            problems, TunelabError("is a directory, not a file", file=name, expected=f"a {FORMATS} file")
+            problems, TunelabError("is a directory, not a file", file=name, expected=f"a {FORMATS} file", kind="file")
         )
     suffix = path.suffix.lower()
     if suffix == ".parquet":
@@ -70,10 +70,10 @@ def read_rows(path: str | Path, *, problems: Problems = None) -> list[Row]:
         return _fail(
             problems,
             TunelabError(
-                f"unsupported file type {suffix or '(no extension)'!r}", file=name, expected=FORMATS
+                f"unsupported file type {suffix or '(no extension)'!r}", file=name, expected=FORMATS, kind="file"
             ),
         )
-    return readers[suffix](_read_text(path, problems), name, problems)
+    return readers[suffix](read_text(path, problems), name, problems)
 
 
 def _fail(problems: Problems, error: TunelabError) -> list[Row]:
@@ -84,35 +84,45 @@ def _fail(problems: Problems, error: TunelabError) -> list[Row]:
     return []
 
 
-def apply_columns(rows: list[Row], columns: dict[str, str]) -> list[Row]:
-    """Rename source columns to canonical fields so any file layout can map onto a known shape."""
+def apply_columns(rows: list[Row], columns: dict[str, str], *, problems: Problems = None) -> list[Row]:
+    """Rename source columns to canonical fields so any file layout can map onto a known shape.
+    With `problems` (a list), a row that cannot be mapped is recorded there and left out."""
     if not columns:
         return rows
     out: list[Row] = []
     for row in rows:
-        for src, dst in columns.items():
-            if src not in row.data:
-                raise TunelabError(
-                    f"column {src!r} not found; the row has columns {_names(row.data)}{_did_you_mean(src, row.data)}",
-                    file=row.file,
-                    line=row.line,
-                    field=src,
-                    expected=f"a column {src!r} to map to {dst!r}",
-                )
-        data: dict[str, Any] = {}
-        for key, value in row.data.items():
-            new = columns.get(key, key)
-            if new in data:
-                raise TunelabError(
-                    f"two columns would both be called {new!r} after the column mapping",
-                    file=row.file,
-                    line=row.line,
-                    field=new,
-                    expected="each field to come from exactly one column",
-                )
-            data[new] = value
-        out.append(Row(data, row.file, row.line))
+        try:
+            out.append(_map_row(row, columns))
+        except TunelabError as err:
+            _fail(problems, err)
     return out
+
+
+def _map_row(row: Row, columns: dict[str, str]) -> Row:
+    for src, dst in columns.items():
+        if src not in row.data:
+            raise TunelabError(
+                f"column {src!r} not found; the row has columns {_names(row.data)}{_did_you_mean(src, row.data)}",
+                file=row.file,
+                line=row.line,
+                field=src,
+                expected=f"a column {src!r} to map to {dst!r}",
+                kind="column_mapping",
+            )
+    data: dict[str, Any] = {}
+    for key, value in row.data.items():
+        new = columns.get(key, key)
+        if new in data:
+            raise TunelabError(
+                f"two columns would both be called {new!r} after the column mapping",
+                file=row.file,
+                line=row.line,
+                field=new,
+                expected="each field to come from exactly one column",
+                kind="column_mapping",
+            )
+        data[new] = value
+    return Row(data, row.file, row.line)
 
 
 def _names(data: dict[str, Any]) -> str:
@@ -126,9 +136,10 @@ def _did_you_mean(name: str, candidates: dict[str, Any]) -> str:
     return f"; did you mean {match[0]!r}?" if match else ""
 
 
-def _read_text(path: Path, problems: Problems = None) -> str:
+def read_text(path: str | Path, problems: Problems = None) -> str:
     """Decode UTF-8 (BOM allowed); bad bytes are reported with their line, not as a UnicodeDecodeError.
     When collecting, every line with bad bytes is reported and those bytes read as U+FFFD."""
+    path = Path(path)
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8-sig")
@@ -143,12 +154,16 @@ def _read_text(path: Path, problems: Problems = None) -> str:
     return raw.decode("utf-8-sig", errors="replace")
 
 
+_read_text = read_text  # the old private name, until its last user (inference/batch.py) moves to read_text
+
+
 def _bad_bytes(path: Path, byte: int, reason: str, line: int) -> TunelabError:
     return TunelabError(
         f"byte 0x{byte:02x} is not valid UTF-8 ({reason})",
         file=str(path),
         line=line,
         expected="UTF-8 encoded text (re-save the file as UTF-8)",
+        kind="encoding",
     )
 
 
@@ -167,6 +182,7 @@ def _read_jsonl(text: str, name: str, problems: Problems = None) -> list[Row]:
                     file=name,
                     line=number,
                     expected="one JSON object per line",
+                    kind="invalid_json",
                 ),
             )
             continue
@@ -178,6 +194,7 @@ def _read_jsonl(text: str, name: str, problems: Problems = None) -> list[Row]:
                     file=name,
                     line=number,
                     expected='one JSON object per line, e.g. {"question": "...", "answer": "..."}',
+                    kind="not_an_object",
                 ),
             )
             continue
@@ -198,13 +215,14 @@ def _read_json(text: str, name: str, problems: Problems = None) -> list[Row]:
                 file=name,
                 line=err.lineno,
                 expected="valid JSON",
+                kind="invalid_json",
             ),
         )
     expected = 'a JSON list of objects, or {"data": [...]}'
     items = value.get("data") if isinstance(value, dict) else value
     if not isinstance(items, list):
         what = 'an object without a "data" list' if isinstance(value, dict) else f"a JSON {_json_type(value)}"
-        return _fail(problems, TunelabError(f"top level is {what}", file=name, line=1, expected=expected))
+        return _fail(problems, TunelabError(f"top level is {what}", file=name, line=1, expected=expected, kind="not_an_object"))
     lines = _item_lines(text)
     rows = []
     for index, item in enumerate(items):
@@ -216,6 +234,7 @@ def _read_json(text: str, name: str, problems: Problems = None) -> list[Row]:
                     file=name,
                     line=lines[index],
                     expected=expected,
+                    kind="not_an_object",
                 ),
             )
             continue
@@ -279,6 +298,7 @@ def _read_csv(text: str, name: str, problems: Problems = None) -> list[Row]:
                             file=name,
                             line=line,
                             expected="unique column names",
+                            kind="csv",
                         ),
                     )
                 if dupes:
@@ -292,6 +312,7 @@ def _read_csv(text: str, name: str, problems: Problems = None) -> list[Row]:
                         file=name,
                         line=line,
                         expected=f"at most {len(header)} cells (quote cells that contain commas)",
+                        kind="csv",
                     ),
                 )
                 continue
@@ -303,6 +324,7 @@ def _read_csv(text: str, name: str, problems: Problems = None) -> list[Row]:
                         file=name,
                         line=line,
                         expected='balanced quotes: a quoted cell ends with " before the next row',
+                        kind="csv",
                     )
                 )
                 continue
@@ -311,7 +333,9 @@ def _read_csv(text: str, name: str, problems: Problems = None) -> list[Row]:
     except csv.Error as err:
         _fail(
             problems,
-            TunelabError(f"cannot parse CSV: {err}", file=name, line=reader.line_num, expected="valid CSV"),
+            TunelabError(
+                f"cannot parse CSV: {err}", file=name, line=reader.line_num, expected="valid CSV", kind="csv"
+            ),
         )
     return rows
 
@@ -333,7 +357,9 @@ def _read_parquet(path: Path, problems: Problems = None) -> list[Row]:
     except Exception as err:  # pyarrow raises many types for corrupt or non-parquet files
         return _fail(
             problems,
-            TunelabError(f"cannot read Parquet file: {err}", file=str(path), expected="a valid Parquet file"),
+            TunelabError(
+                f"cannot read Parquet file: {err}", file=str(path), expected="a valid Parquet file", kind="file"
+            ),
         )
     return [Row(record, str(path), index + 1) for index, record in enumerate(records)]
 

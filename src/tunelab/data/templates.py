@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.data.shapes import RESPONSE_FIELD, Example
+from tunelab.data.shapes import RESPONSE_FIELD, Example, kind_of
 from tunelab.errors import TunelabError
 
 IGNORE_INDEX = -100  # label value the loss skips
@@ -44,10 +44,10 @@ class PromptFormat:
         system_prompt: str | None = None,
         train_on_prompt: bool = False,
     ) -> PromptFormat:
-        if shape == "text":
+        if kind_of(shape) == "text":
             return cls(kind="text", train_on_prompt=True)
         if template is not None:
-            if shape in ("messages", "conversations"):
+            if kind_of(shape) == "chat":
                 raise TunelabError(
                     f"a custom template needs named fields, but the data has shape {shape!r}",
                     field="data.template",

@@ -158,14 +158,6 @@ def load_task(task: str | Path, *, limit: int | None = None) -> tuple[list[MCIte
     return items, label
 
 
-def _context_ids(item: MCItem, fmt: Any, shape: str, tokenizer: Any) -> list[int]:
-    from tunelab.data.templates import example_from_prompt
-
-    if fmt.kind == "text":
-        return tokenizer(item.question, add_special_tokens=True)["input_ids"]
-    return fmt.prompt_ids(example_from_prompt(item.question, fmt, shape), tokenizer)
-
-
 def _continuation_ids(choice: str, fmt: Any, tokenizer: Any) -> list[int]:
     # the response is encoded on its own, as training encodes the response segment
     text = " " + choice if fmt.kind == "text" else choice
@@ -178,13 +170,14 @@ def score_items(
 ) -> list[list[float]]:
     """Summed log-likelihood of every choice of every item (nats), teacher-forced in padded batches."""
     from tunelab.data.templates import IGNORE_INDEX
-    from tunelab.evaluation.generation_eval import sequence_nll
+    from tunelab.inference.prompts import prompt_ids
+    from tunelab.inference.scoring import sequence_nll
 
     config = getattr(model, "config", None)
     limit = int(getattr(config, "max_position_embeddings", 2048) or 2048)
     rows: list[dict] = []  # one per (item, choice): only the continuation (the choice) is scored
     for item in items:
-        ctx = _context_ids(item, fmt, shape, tokenizer)
+        ctx = prompt_ids(fmt, tokenizer, shape, item.question)
         for j, choice in enumerate(item.choices):
             cont = _continuation_ids(choice, fmt, tokenizer)
             if not cont:
@@ -243,51 +236,35 @@ def bench(
     """Score a run's model (and optionally its base model) on a multiple-choice task; writes bench.json,
     predictions.jsonl and report.html to ``out_dir`` (default RUN/bench/TASK)."""
     from tunelab.evaluation import bootstrap as B
-    from tunelab.evaluation.compare import BASE, ModelResult, _load_model, _run_config
+    from tunelab.evaluation.scoring import interval_table
     from tunelab.progress import info, quiet_libraries
-    from tunelab.run import write_json_atomic, write_jsonl_atomic
+    from tunelab.runs import BASE, load_run, run_config, write_json_atomic, write_predictions
 
     quiet_libraries()
     items, label = load_task(task, limit=limit)
-    run, cfg = _run_config(Path(run_dir))
+    run, cfg = run_config(Path(run_dir))
     if not run.template.is_file():
         raise TunelabError(
             f"a {cfg.task} run has no language-model head to score answers with",
             file=str(run.path),
             expected="a run of a causal language model (task sft or pretrain)",
         )
-    from tunelab import api
-
     models: dict[str, dict[str, Any]] = {}
     specs = ([BASE] if with_base else []) + [run.path.name]
     for name in specs:
         info(f"[cyan]bench[/cyan] {name} on {label} ({len(items)} questions)")
-        if name == BASE:
-            model, tokenizer, fmt = _load_model(ModelResult(name=BASE, run_dir=run.path, is_base=True), cfg)
-            shape = _shape(fmt)
-        else:
-            loaded = api.load_run(run.path)
-            model, tokenizer, fmt, shape = loaded.model, loaded.tokenizer, loaded.fmt, loaded.shape
-        lls = score_items(model, tokenizer, fmt, shape, items, batch_size=batch_size)
-        del model
+        loaded = load_run(run.path, base=name == BASE)
+        lls = score_items(loaded.model, loaded.tokenizer, loaded.fmt, loaded.shape, items, batch_size=batch_size)
+        del loaded
         metrics, rows = summarise(items, lls)
         models[name] = {"metrics": metrics, "rows": rows}
 
-    weights = B.resample_weights(len(items), resamples, seed)
-    table = []
     names = list(models)
     baseline = BASE if with_base else None
-    for metric in ("acc", "acc_norm"):
-        row: dict[str, Any] = {"metric": metric, "values": {}, "intervals": {}, "deltas": {}}
-        for name in names:
-            values = [r[metric] for r in models[name]["rows"]]
-            ci = B.bootstrap_interval(B.mean_metric(metric), values, weights=weights)
-            row["values"][name] = ci["value"]
-            row["intervals"][name] = {"low": ci["low"], "high": ci["high"]}
-            if baseline and name != baseline:
-                base_values = [r[metric] for r in models[baseline]["rows"]]
-                row["deltas"][name] = B.paired_bootstrap(B.mean_metric(metric), base_values, values, weights=weights)
-        table.append(row)
+    stats = {
+        name: {m: (B.mean_metric(m), [r[m] for r in models[name]["rows"]]) for m in ("acc", "acc_norm")} for name in names
+    }
+    table = interval_table(stats, ("acc", "acc_norm"), baseline=baseline, n=len(items), resamples=resamples, seed=seed)
 
     out = Path(out_dir) if out_dir else run.path / "bench" / _slug(label)
     out.mkdir(parents=True, exist_ok=True)
@@ -303,34 +280,26 @@ def bench(
         "acc_norm divides by the choice's length in UTF-8 bytes",
     }
     write_json_atomic(out / "bench.json", result)
-    pred_rows = []
-    for k, item in enumerate(items):
-        pred_rows.append(
-            {
-                "source": item.source,
-                "question": item.question,
-                "choices": item.choices,
-                "gold": item.gold,
-                **{
-                    name: {key: models[name]["rows"][k][key] for key in ("pred", "pred_norm", "acc", "acc_norm", "loglikelihoods")}
-                    for name in names
-                },
-            }
-        )
-    write_jsonl_atomic(out / "predictions.jsonl", pred_rows)
+    write_predictions(out / "predictions.jsonl", [_prediction(k, item, models) for k, item in enumerate(items)])
     result["out_dir"] = str(out)
     result["report"] = str(_report(out, label, names, baseline, table, items, models, chance, resamples))
     return result
 
 
-def _shape(fmt: Any) -> str:
-    if fmt.kind == "text":
-        return "text"
-    if fmt.kind == "custom":
-        from tunelab.data.shapes import RESPONSE_FIELD
+def _prediction(k: int, item: MCItem, models: dict[str, dict[str, Any]]) -> Any:
+    """Question ``k`` as a predictions row: each model's pick, acc / acc_norm, and how it chose."""
+    from tunelab.runs import Prediction
 
-        return next((s for s, f in RESPONSE_FIELD.items() if f == fmt.response_field), "qa")
-    return "messages"
+    rows = {name: m["rows"][k] for name, m in models.items()}
+    return Prediction(
+        source=item.source,
+        input=item.question,
+        reference=item.choices[item.gold],
+        outputs={name: item.choices[r["pred"]] for name, r in rows.items()},
+        scores={name: {"acc": r["acc"], "acc_norm": r["acc_norm"]} for name, r in rows.items()},
+        stats={name: {key: r[key] for key in ("pred", "pred_norm", "loglikelihoods")} for name, r in rows.items()},
+        meta={"choices": item.choices, "gold": item.gold},
+    )
 
 
 def _slug(label: str) -> str:
@@ -340,52 +309,38 @@ def _slug(label: str) -> str:
 
 def _report(out: Path, label: str, names: list[str], baseline: str | None, table: list, items: list[MCItem],
             models: dict, chance: float, resamples: int) -> Path:
-    from tunelab.evaluation.report import write_report
+    from tunelab.evaluation.views import FLAGS, comparison_section, flag
+    from tunelab.reporting import Column, ConfigDump, ExampleRow, ExamplesTable, Notes, Report, Summary
 
-    columns = [
-        {"key": "id", "label": "#", "kind": "num"},
-        {"key": "question", "label": "question", "kind": "text"},
-        {"key": "answer", "label": "answer", "kind": "text"},
-    ]
+    columns = [Column("id", "#", "num"), Column("question"), Column("answer")]
     for name in names:
-        columns += [
-            {"key": f"{name} pick", "label": f"{name} pick", "kind": "text"},
-            {"key": f"{name} acc", "label": f"{name} acc", "kind": "num"},
-            {"key": f"{name} pick (norm)", "label": f"{name} pick (norm)", "kind": "text"},
-        ]
+        columns += [Column(f"{name} pick"), Column(f"{name} acc", kind="num"), Column(f"{name} pick (norm)")]
     rows = []
     for k, item in enumerate(items):
-        row: dict[str, Any] = {"id": k + 1, "question": item.question, "answer": item.choices[item.gold]}
-        flags = []
+        cells: dict[str, Any] = {"id": k + 1, "question": item.question, "answer": item.choices[item.gold]}
         for name in names:
             r = models[name]["rows"][k]
-            row[f"{name} pick"] = item.choices[r["pred"]]
-            row[f"{name} acc"] = r["acc"]
-            row[f"{name} pick (norm)"] = item.choices[r["pred_norm"]]
+            cells[f"{name} pick"] = item.choices[r["pred"]]
+            cells[f"{name} acc"] = r["acc"]
+            cells[f"{name} pick (norm)"] = item.choices[r["pred_norm"]]
+        flags = set()
         if baseline:
             b = models[baseline]["rows"][k]["acc"]
-            for name in names:
-                if name != baseline:
-                    d = models[name]["rows"][k]["acc"] - b
-                    flags.append("regression" if d < 0 else "improvement" if d > 0 else "tie")
-        row["_flags"] = " ".join(sorted(set(flags)))
-        rows.append(row)
-    return write_report(
-        out / "report.html",
-        title=f"tunelab bench: {label}",
-        config={"task": label, "models": names, "scoring": "log-likelihood (lm-evaluation-harness style)"},
-        summary={"task": label, "questions": len(items), "chance level (%)": round(chance, 2), "models": ", ".join(names)},
-        metrics_table=[],
-        plots={},
-        samples=[],
-        notes=[
-            "acc: the choice with the highest summed log-likelihood; acc_norm: highest log-likelihood per byte",
-            f"95% intervals: percentile bootstrap over {resamples} resamples of the questions; differences paired",
-        ],
-        comparison={"models": names, "baseline": baseline, "rows": table, "n": len(items), "resamples": resamples},
-        examples={"columns": columns, "rows": rows, "flags": ["regression", "improvement", "tie"] if baseline else [],
-                  "primary": "acc"},
-    )
+            flags = {flag(models[name]["rows"][k]["acc"] - b) for name in names if name != baseline}
+        rows.append(ExampleRow(cells, tuple(sorted(flags))))
+    notes = [
+        "acc: the choice with the highest summed log-likelihood; acc_norm: highest log-likelihood per byte",
+        f"95% intervals: percentile bootstrap over {resamples} resamples of the questions; differences paired",
+    ]
+    summary = {"task": label, "questions": len(items), "chance level (%)": round(chance, 2), "models": ", ".join(names)}
+    sections = [
+        Summary(summary),
+        comparison_section(table, names, baseline, len(items), resamples),
+        ExamplesTable(columns, rows, flags=FLAGS if baseline else [], primary="acc"),
+        Notes(notes),
+        ConfigDump({"task": label, "models": names, "scoring": "log-likelihood (lm-evaluation-harness style)"}),
+    ]
+    return Report(f"tunelab bench: {label}", sections).write(out / "report.html")
 
 
 def harness_available() -> bool:
@@ -405,9 +360,9 @@ def run_harness(run_dir: str | Path, task: str, *, limit: int | None = None, bat
     from lm_eval import simple_evaluate  # type: ignore[import-not-found]
     from lm_eval.models.huggingface import HFLM  # type: ignore[import-not-found]
 
-    from tunelab import api
+    from tunelab.runs import load_run
 
-    loaded = api.load_run(run_dir)
+    loaded = load_run(run_dir)
     lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size)
     results = simple_evaluate(model=lm, tasks=[task], limit=limit)
     return {"task": task, "results": (results or {}).get("results", {})}

@@ -23,25 +23,19 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from tunelab.data.shapes import prompt_key
 from tunelab.errors import TunelabError
 
 __all__ = ["cross_validate", "make_folds", "summarise_folds"]
-
-
-def _prompt_key(example: Any) -> str:
-    if example.messages:
-        last = max((i for i, m in enumerate(example.messages) if m["role"] == "assistant"), default=len(example.messages))
-        return json.dumps([(m["role"], m["content"].strip()) for m in example.messages[:last]], ensure_ascii=False)
-    return (example.text or json.dumps(example.fields, sort_keys=True, ensure_ascii=False, default=str)).strip()
 
 
 def make_folds(examples: list, k: int, seed: int = 42) -> list[list[int]]:
     """K lists of example indices; prompt groups kept whole, sizes as even as the groups allow."""
     if k < 2:
         raise TunelabError(f"--folds is {k}", field="--folds", expected="at least 2 folds")
-    groups: dict[str, list[int]] = {}
+    groups: dict[Any, list[int]] = {}
     for i, ex in enumerate(examples):
-        groups.setdefault(_prompt_key(ex), []).append(i)
+        groups.setdefault(prompt_key(ex), []).append(i)
     if len(groups) < k:
         raise TunelabError(
             f"{len(examples)} rows in {len(groups)} distinct prompts cannot fill {k} folds",
@@ -59,19 +53,31 @@ def make_folds(examples: list, k: int, seed: int = 42) -> list[list[int]]:
     return [sorted(f) for f in folds]
 
 
+def _run_config(config: Any, overrides: list[str] | None) -> Any:
+    """The RunConfig of a config file, a mapping or a RunConfig, with ``--set`` overrides applied."""
+    from tunelab.config import config_dict, config_from_dict, load_config, parse_overrides
+
+    if isinstance(config, str | Path):
+        return load_config(config, overrides)
+    if not overrides and not isinstance(config, dict):
+        return config
+    raw = config if isinstance(config, dict) else config_dict(config)
+    cfg = config_from_dict(_merged(raw, parse_overrides(overrides)))
+    cfg._source_dir = getattr(config, "_source_dir", None)
+    return cfg
+
+
+def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    return {**base, **{k: _merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+                       for k, v in extra.items()}}  # fmt: skip
+
+
 def _raw_row(example: Any) -> dict[str, Any]:
     """The example back as a row of its own shape (column mapping already applied)."""
     meta = dict(example.meta or {})
     if example.shape == "text":
         return {**meta, "text": example.text}
     return {**meta, **example.fields}
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
 
 
 def _numeric(metrics: dict | None) -> dict[str, float]:
@@ -127,9 +133,9 @@ def cross_validate(
     from tunelab.config import config_dict, config_from_dict
     from tunelab.data.splits import load_examples
     from tunelab.progress import info
-    from tunelab.run import write_json_atomic
+    from tunelab.runs import write_json_atomic, write_jsonl_atomic
 
-    cfg = api._as_config(config, overrides)
+    cfg = _run_config(config, overrides)
     source_dir = cfg._source_dir
     d = cfg.data
     examples, shape, _ = load_examples(d.train, columns=d.columns or None, shape=d.shape, base_dir=source_dir)
@@ -164,8 +170,9 @@ def cross_validate(
         test_rows = [_raw_row(examples[j]) for j in test_idx]
         train_file = cv_dir / "data" / f"fold-{i}-train.jsonl"
         test_file = cv_dir / "data" / f"fold-{i}-test.jsonl"
-        _write_jsonl(train_file, train_rows)
-        _write_jsonl(test_file, test_rows)
+        train_file.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl_atomic(train_file, train_rows)
+        write_jsonl_atomic(test_file, test_rows)
         raw = json.loads(json.dumps(base))
         raw["name"] = f"fold-{i}"
         raw["output_dir"] = str(cv_dir)
@@ -239,8 +246,8 @@ def _pm(stats: dict[str, Any], key: str) -> str:
 def _report(cv_dir: Path, cfg: Any, out: dict[str, Any]) -> Path:
     from tunelab.config import config_dict
     from tunelab.evaluation.metrics import METRIC_LABELS
-    from tunelab.evaluation.plots import plot_runs, read_metrics
-    from tunelab.evaluation.report import write_report
+    from tunelab.evaluation.views import training_curves
+    from tunelab.reporting import Column, ConfigDump, Notes, Report, StaticTable, StaticTables, Summary
 
     summary_rows = []
     for row in out["summary"]:
@@ -257,10 +264,10 @@ def _report(cv_dir: Path, cfg: Any, out: dict[str, Any]) -> Path:
             }
         )
     per_fold_cols = [
-        {"key": "fold", "label": "fold", "kind": "num"},
-        {"key": "n_train", "label": "train rows", "kind": "num"},
-        {"key": "n_test", "label": "test rows", "kind": "num"},
-        {"key": "train_loss", "label": "final train loss", "kind": "num"},
+        Column("fold", kind="num"),
+        Column("n_train", "train rows", "num"),
+        Column("n_test", "test rows", "num"),
+        Column("train_loss", "final train loss", "num"),
     ]
     metrics = [row["metric"] for row in out["summary"]]
     per_fold_rows = []
@@ -272,49 +279,32 @@ def _report(cv_dir: Path, cfg: Any, out: dict[str, Any]) -> Path:
             flat[f"base {m}"] = base.get(m)
         per_fold_rows.append(flat)
     for m in metrics:
-        per_fold_cols.append({"key": f"tuned {m}", "label": f"tuned {METRIC_LABELS.get(m, m)}", "kind": "num"})
+        per_fold_cols.append(Column(f"tuned {m}", f"tuned {METRIC_LABELS.get(m, m)}", "num"))
     for m in metrics:
         if any(r.get(f"base {m}") is not None for r in per_fold_rows):
-            per_fold_cols.append({"key": f"base {m}", "label": f"base {METRIC_LABELS.get(m, m)}", "kind": "num"})
-    curves = {}
-    for f in out["per_fold"]:
-        path = Path(f["run"]) / "metrics.jsonl"
-        if path.is_file():
-            curves[f"fold {f['fold']}"] = read_metrics(path)
-    plots = {}
-    if curves:
-        plots["Loss"] = plot_runs(curves, cv_dir / "loss.png", key="loss", title="Loss per fold")
-        plots["Learning rate"] = plot_runs(curves, cv_dir / "lr.png", key="learning_rate", title="Learning rate per fold")
-    return write_report(
-        cv_dir / "report.html",
-        title=f"tunelab cross-validation: {cfg.name} ({out['folds']} folds)",
-        config=config_dict(cfg),
-        summary={
-            "config": cfg.name,
-            "folds": out["folds"],
-            "rows": out["n"],
-            "seed": out["seed"],
-            "fold runs": str(cv_dir / "fold-*"),
-        },
-        metrics_table=[],
-        plots=plots,
-        samples=[],
-        notes=out["notes"] + ["mean \u00b1 sample standard deviation over folds; delta = tuned \u2212 base within each fold"],
-        lists_title="Cross-validation",
-        lists=[
-            {
-                "id": "cv-summary",
-                "title": "Metrics over folds (mean \u00b1 std)",
-                "columns": [
-                    {"key": "metric", "label": "metric", "kind": "text"},
-                    {"key": "base", "label": "base", "kind": "text"},
-                    {"key": "tuned", "label": "tuned", "kind": "text"},
-                    {"key": "delta", "label": "\u0394 tuned \u2212 base", "kind": "text"},
-                    {"key": "range", "label": "tuned min \u2026 max", "kind": "text"},
-                ],
-                "rows": summary_rows,
-                "empty": "No metrics (evaluation disabled?).",
-            },
-            {"id": "cv-folds", "title": "Per fold", "columns": per_fold_cols, "rows": per_fold_rows, "empty": "No folds."},
-        ],
-    )
+            per_fold_cols.append(Column(f"base {m}", f"base {METRIC_LABELS.get(m, m)}", "num"))
+    curves = training_curves({f"fold {f['fold']}": Path(f["run"]) / "metrics.jsonl" for f in out["per_fold"]}, cv_dir,
+                             per="fold")  # fmt: skip
+    summary_cols = [
+        Column("metric"),
+        Column("base"),
+        Column("tuned"),
+        Column("delta", "\u0394 tuned \u2212 base"),
+        Column("range", "tuned min \u2026 max"),
+    ]
+    tables = [
+        StaticTable(summary_cols, summary_rows, title="Metrics over folds (mean \u00b1 std)", id="cv-summary",
+                    empty="No metrics (evaluation disabled?)."),
+        StaticTable(per_fold_cols, per_fold_rows, title="Per fold", id="cv-folds", empty="No folds."),
+    ]  # fmt: skip
+    summary = {"config": cfg.name, "folds": out["folds"], "rows": out["n"], "seed": out["seed"],
+               "fold runs": str(cv_dir / "fold-*")}  # fmt: skip
+    notes = out["notes"] + ["mean \u00b1 sample standard deviation over folds; delta = tuned \u2212 base within each fold"]
+    sections = [
+        Summary(summary),
+        *([curves] if curves else []),
+        StaticTables(tables, title="Cross-validation"),
+        Notes(notes),
+        ConfigDump(config_dict(cfg)),
+    ]
+    return Report(f"tunelab cross-validation: {cfg.name} ({out['folds']} folds)", sections).write(cv_dir / "report.html")

@@ -20,6 +20,8 @@ from collections import Counter
 from functools import lru_cache
 from typing import Any
 
+from tunelab.reporting import Metric
+
 __all__ = [
     "HEADLINE_METRICS",
     "LOWER_IS_BETTER",
@@ -29,6 +31,7 @@ __all__ = [
     "corpus_statistics",
     "exact_match",
     "generation_metrics",
+    "metric_display",
     "normalize_answer",
     "perplexity",
     "score_from_statistics",
@@ -68,6 +71,22 @@ LOWER_IS_BETTER = frozenset({"perplexity", "eval_loss"})
 
 # Descriptive numbers with no better direction (shown without green/red).
 NEUTRAL_METRICS = frozenset({"mean_output_tokens", "hit_token_limit", "n"})
+
+# Shown as whole counts (1,234) when integral.
+COUNT_METRICS = frozenset({"hit_token_limit", "n"})
+
+
+def metric_display(key: str) -> Metric:
+    """How a report shows a metric: its label, which way is better, its decimals (4 for losses and MCC)."""
+    return Metric(
+        key=key,
+        label=METRIC_LABELS.get(key, key),
+        lower_is_better=key in LOWER_IS_BETTER,
+        neutral=key in NEUTRAL_METRICS,
+        digits=4 if key.endswith("loss") or key == "mcc" else 2,
+        count=key in COUNT_METRICS,
+    )
+
 
 _ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 _PUNCT = frozenset(string.punctuation)

@@ -1,21 +1,106 @@
-"""The evaluation parts of a run's own ``report.html``, computed from what the run already wrote.
+"""A run's own ``report.html``: summary, headline metrics (with paired bootstrap intervals of every
+tuned − base difference), training curves, token-length histograms, the regressions / worst N /
+slices tables, the sortable, filterable per-example table, sample outputs, notes and the config.
 
-`run_report_extras(run_dir)` reads ``predictions.jsonl`` (base and tuned outputs on the held-out
-rows) and returns keyword arguments for `tunelab.evaluation.report.write_report`: paired bootstrap
-intervals for every tuned − base difference, token-length histograms, the regressions / worst N /
-slices tables and the sortable, filterable per-example table. No model is loaded; it takes well
-under a second for a few hundred rows. Call it from the run-report writer:
-
-    write_report(run.report, ..., **run_report_extras(run.path, max_new_tokens=cfg.evaluation.max_new_tokens))
+The evaluation parts are computed from what the run already wrote (``predictions.jsonl``): no model
+is loaded; it takes well under a second for a few hundred rows. When they cannot be computed, the
+report says so in a notice naming the error (and the log says it too); the run itself is fine.
 """
 
 from __future__ import annotations
 
-import json
+import traceback
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_report_extras"]
+from tunelab.evaluation.analysis import analyse
+from tunelab.evaluation.metrics import metric_display
+from tunelab.evaluation.outputs import ModelResult, fill_from_predictions
+from tunelab.evaluation.rows import predictions_data
+from tunelab.evaluation.scoring import score
+from tunelab.evaluation.views import comparison_view
+from tunelab.progress import info
+from tunelab.reporting import (
+    ConfigDump,
+    Figures,
+    MetricRow,
+    MetricsTable,
+    Notes,
+    Notice,
+    Report,
+    Samples,
+    Section,
+    Summary,
+)
+from tunelab.runs import BASE, TUNED, RunDir, read_predictions
+
+__all__ = ["metrics_table", "run_report_extras", "write_run_report"]
+
+
+def metrics_table(results: dict[str, Any], headline: tuple[str, ...] | list[str]) -> list[dict[str, Any]]:
+    """Rows {metric, base, tuned} for the ``headline`` metrics the run has (base only where measured)."""
+    base = (results.get("metrics") or {}).get("base") or {}
+    tuned = (results.get("metrics") or {}).get("tuned") or {}
+    rows = []
+    for k in headline:
+        if k in tuned or k in base:
+            row: dict[str, Any] = {"metric": k, "tuned": tuned.get(k)}
+            if k in base:
+                row["base"] = base[k]
+            rows.append(row)
+    return rows
+
+
+def write_run_report(
+    run: RunDir, cfg: Any, results: dict[str, Any], notes: list[str], *, headline: tuple[str, ...]
+) -> Path:
+    """Draw the run's loss and learning-rate plots and write its ``report.html``; returns its path."""
+    from tunelab.config import config_dict
+    from tunelab.evaluation.plots import plot_loss, plot_lr, read_metrics
+
+    rows = read_metrics(run.metrics) if run.metrics.is_file() else []
+    plot_loss(rows, run.loss_png)
+    plot_lr(rows, run.lr_png)
+    samples = []
+    for p in read_predictions(run.predictions)[: cfg.evaluation.samples_in_report]:
+        samples.append({"input": p.input, "reference": p.reference, **{m: p.outputs[m] for m in (BASE, TUNED) if m in p.outputs}})
+    training = results.get("training", {})
+    summary = {
+        "model": cfg.model.name,
+        "task": cfg.task,
+        "method": cfg.method,
+        "trainable params": results.get("trainable"),
+        "train steps": training.get("global_step"),
+        "train time (s)": training.get("train_seconds"),
+        "train tokens/s (non-padding)": training.get("train_tokens_per_second"),
+        "peak memory (GiB)": training.get("peak_memory_gib"),
+        "final train loss": training.get("train_loss"),
+        "held-out rows": results.get("n_test"),
+    }
+    extras = run_report_extras(run.path, max_new_tokens=cfg.evaluation.max_new_tokens)
+    intervals = extras.get("intervals") or {}
+    metric_rows = [
+        MetricRow(metric_display(r["metric"]), r.get("base"), r.get("tuned"), intervals.get(r["metric"]))
+        for r in metrics_table(results, headline)
+    ]
+    figures, analysis, examples = extras.get("figures"), extras.get("lists"), extras.get("examples")
+    has_examples = bool(examples and examples.rows)
+    has_analysis = bool(analysis and analysis.tables)
+    parts: list[Section | None] = [
+        Summary(summary),
+        MetricsTable(metric_rows) if metric_rows or not (has_analysis or has_examples) else None,
+        extras.get("error"),
+        extras.get("confusion"),
+        Figures({"Loss": run.loss_png, "Learning rate": run.lr_png}),
+        figures if figures and figures.images else None,
+        analysis if has_analysis else None,
+        examples if has_examples else None,
+        Samples(samples) if samples or not has_examples else None,
+        Notes(notes),
+        ConfigDump(config_dict(cfg)),
+    ]
+    sections = [p for p in parts if p is not None]
+    return Report(f"tunelab run: {cfg.name}", sections).write(run.report)
 
 
 def run_report_extras(
@@ -27,71 +112,55 @@ def run_report_extras(
     resamples: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """``{intervals, figures, lists, examples}`` (and ``confusion`` for a classification run) for
-    `write_report`, or ``{}`` when the run has no predictions.
+    """The evaluation parts of a run's report, from its ``predictions.jsonl``: ``intervals``
+    ({metric: paired bootstrap of tuned − base}) and the sections ``figures``, ``lists`` (regressions,
+    worst N, slices), ``examples`` (and ``confusion`` for a classification run); ``{}`` when the run
+    has no predictions.
 
-    Never raises for a run it cannot analyse (the run itself is fine; only its report is poorer):
-    it prints a warning and returns ``{}`` instead.
+    A run it cannot analyse does not fail (the run itself is fine): the error is logged and returned
+    as ``{"error": Notice}``, a section naming it, for the report to show.
     """
     try:
-        return _extras(run_dir, max_new_tokens=max_new_tokens, metric=metric, worst=worst,
-                       resamples=resamples, seed=seed)
-    except Exception as exc:  # noqa: BLE001 - a report extra must not fail a finished training run
-        from tunelab.progress import info
-
-        info(f"[yellow]report[/yellow] evaluation details left out of the report: {type(exc).__name__}: {exc}")
-        return {}
+        return _extras(Path(run_dir), max_new_tokens=max_new_tokens, metric=metric, worst=worst,
+                       resamples=resamples, seed=seed)  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - shown in the report and the log, never silently dropped
+        frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        where = f" (at {Path(frame.filename).name}:{frame.lineno} in {frame.name})" if frame else ""
+        error = f"{type(exc).__name__}: {exc}{where}"
+        info(f"[yellow]report[/yellow] error analysis failed, left out of the report: {error}")
+        notice = Notice(
+            message="The error analysis of the held-out predictions failed, so this report has no "
+            "confidence intervals, per-example table, regressions or length histograms. The metrics "
+            "and the run itself are unaffected; `tunelab eval RUN --base` computes them again.",
+            detail=error,
+            title="Error analysis failed",
+            id="analysis-error",
+        )
+        return {"error": notice}
 
 
 def _extras(
-    run_dir: str | Path, *, max_new_tokens: int | None, metric: str, worst: int, resamples: int, seed: int
+    run_dir: Path, *, max_new_tokens: int | None, metric: str, worst: int, resamples: int, seed: int
 ) -> dict[str, Any]:
-    from tunelab.evaluation.compare import BASE, EvalData, ModelResult, _score, analyse, report_parts
-
-    run_dir = Path(run_dir)
-    path = run_dir / "predictions.jsonl"
-    if not path.is_file():
-        return {}
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    rows = [r for r in rows if isinstance(r, dict) and isinstance(r.get("tuned"), str)]
+    run = RunDir(run_dir)
+    rows = [p for p in read_predictions(run.predictions) if isinstance(p.outputs.get(TUNED), str)]
     if not rows:
         return {}
-    labels_file = run_dir / "labels.json"
-    classification = labels_file.is_file() and not (run_dir / "template.json").is_file()
-    tokenizer = _tokenizer(run_dir)
-    data = EvalData(
-        examples=[],
-        inputs=[str(r.get("input", "")) for r in rows],
-        references=[str(r.get("reference", "")) for r in rows],
-        sources=[str(r.get("source", "")) for r in rows],
-        meta=[dict(r.get("meta") or {}) for r in rows],
-        description=f"held-out rows of {run_dir} ({len(rows)})",
-        key="heldout",
-        kind="classification" if classification else "generation",
-        label_names=json.loads(labels_file.read_text(encoding="utf-8")) if classification else None,
-    )
-    has_base = all(isinstance(r.get(BASE), str) for r in rows)
+    labels = run.read_labels()
+    classification = labels is not None and not run.template.is_file()
+    tokenizer = None
+    if run.tokenizer_dir.is_dir():
+        from tunelab.models.loading import load_tokenizer
+
+        tokenizer = load_tokenizer(run.tokenizer_dir)
+    data = predictions_data(rows, f"held-out rows of {run_dir} ({len(rows)})", labels=labels if classification else None)
+    has_base = all(isinstance(p.outputs.get(BASE), str) for p in rows)
     results = []
-    for name in ([BASE] if has_base else []) + ["tuned"]:
+    for name in ([BASE] if has_base else []) + [TUNED]:
         result = ModelResult(name=name, run_dir=run_dir, is_base=name == BASE)
-        nll = []
-        for r in rows:
-            text = r[name]
-            stats = r.get(f"{name}_stats") or {}
-            result.outputs.append(text)
-            if classification:
-                continue
-            if "new_tokens" in stats:
-                result.new_tokens.append(int(stats["new_tokens"]))
-                result.hit_limit.append(bool(stats["hit_limit"]))
-            else:
-                n = len(tokenizer(text, add_special_tokens=False)["input_ids"]) if (tokenizer and text) else 0
-                result.new_tokens.append(n)
-                result.hit_limit.append(bool(max_new_tokens) and n >= (max_new_tokens or 0))
-            if "ref_nll" in stats:
-                nll.append((float(stats["ref_nll"]), int(stats["ref_tokens"])))
-        result.ref_nll = nll if len(nll) == len(rows) else None
-        _score(result, data, True)
+        fill_from_predictions(result, rows, name, classification=classification, tokenizer=tokenizer,
+                              max_new_tokens=max_new_tokens)  # fmt: skip
+        score(result, data, True)
         results.append(result)
     comp = analyse(
         results,
@@ -103,26 +172,11 @@ def _extras(
         seed=seed,
         out_dir=run_dir,
     )
-    parts = report_parts(comp, run_dir, tokenizer, max_new_tokens or 0, max(worst, 20), resamples=resamples)
-    intervals = {}
-    for row in comp.table:
-        delta = row["deltas"].get("tuned")
-        if delta:
-            intervals[row["metric"]] = delta
-    extras = {
-        "intervals": intervals,
-        "figures": parts["figures"],
-        "lists": parts["lists"],
-        "examples": parts["examples"],
-    }
-    if parts.get("confusion"):
-        extras["confusion"] = parts["confusion"]
+    view = comparison_view(comp, run_dir, tokenizer, max_new_tokens or 0, max(worst, 20), resamples=resamples,
+                           curves=False)  # fmt: skip
+    intervals = {row["metric"]: row["deltas"][TUNED] for row in comp.table if row["deltas"].get(TUNED)}
+    extras: dict[str, Any] = {"intervals": intervals, "figures": view.figures, "lists": view.analysis,
+                              "examples": view.examples}  # fmt: skip
+    if view.confusion:
+        extras["confusion"] = view.confusion
     return extras
-
-
-def _tokenizer(run_dir: Path) -> Any:
-    if not (run_dir / "tokenizer").is_dir():
-        return None
-    from tunelab.models.loading import load_tokenizer
-
-    return load_tokenizer(run_dir / "tokenizer")

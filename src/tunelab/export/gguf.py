@@ -252,11 +252,10 @@ def verify_gguf(path: Path, reference: Any, tokenizer: Any, fmt: Any, shape: str
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunelab.data.templates import example_from_prompt
+    from tunelab.inference.prompts import prompt_ids
 
     if fmt is not None:
-        example = example_from_prompt(prompt, fmt, shape)
-        ids = fmt.prompt_ids(example, tokenizer)
+        ids = prompt_ids(fmt, tokenizer, shape, prompt)
     else:
         ids = tokenizer(prompt)["input_ids"]
     gtok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -287,6 +286,7 @@ def export_gguf(run_dir: str | Path, out: str | Path | None = None, *, dtype: st
                 overwrite: bool = False) -> GgufResult:
     """Merge a run and write it as a GGUF file (default RUN/export/NAME-DTYPE.gguf), then read it back."""
     from tunelab.export.merge import export_chat_template, merged_model
+    from tunelab.inference.prompts import prompt_shape
 
     if dtype not in GGUF_DTYPES:
         raise TunelabError(f"unknown GGUF dtype {dtype!r}", field="--dtype", expected=", ".join(GGUF_DTYPES))
@@ -314,7 +314,7 @@ def export_gguf(run_dir: str | Path, out: str | Path | None = None, *, dtype: st
     result = GgufResult(path=path, dtype=dtype, arch=arch, size_mb=round(path.stat().st_size / 1e6, 1),
                         tensors=count, merge_logit_diff=merged.max_abs_logit_diff, notes=list(merged.notes))
     if verify:
-        check = verify_gguf(path, merged.model, merged.tokenizer, merged.fmt, _shape(merged.fmt))
+        check = verify_gguf(path, merged.model, merged.tokenizer, merged.fmt, prompt_shape(merged.fmt))
         result.same_tokens = check["same_tokens"]
         result.tokens_compared = check["tokens_compared"]
         result.first_difference = check["first_difference"]
@@ -329,9 +329,3 @@ def export_gguf(run_dir: str | Path, out: str | Path | None = None, *, dtype: st
         if not check["tokenizer_match"]:
             result.notes.append("the GGUF's tokenizer/chat template give different prompt ids than the run's format")
     return result
-
-
-def _shape(fmt: Any) -> str:
-    from tunelab.export.merge import _shape as shape
-
-    return shape(fmt)

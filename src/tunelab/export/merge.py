@@ -65,18 +65,6 @@ def _dtype(name: str) -> Any:
     return getattr(torch, name)
 
 
-def adapter_peft_type(adapter_dir: Path) -> tuple[str, bool]:
-    """(peft type, is prompt learning) from an adapter's adapter_config.json."""
-    config_file = adapter_dir / "adapter_config.json"
-    if not config_file.is_file():
-        raise TunelabError("adapter has no adapter_config.json", file=str(adapter_dir), expected="a peft adapter")
-    data = json.loads(config_file.read_text(encoding="utf-8"))
-    peft_type = str(data.get("peft_type", "")).upper()
-    prompt_learning = peft_type in ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "MULTITASK_PROMPT_TUNING",
-                                    "ADAPTION_PROMPT", "CPT")
-    return peft_type, prompt_learning
-
-
 def cannot_merge(run_path: Path, method: str) -> TunelabError:
     return TunelabError(
         f"method {method!r} learns virtual tokens that are prepended to every input, not changes to the "
@@ -91,21 +79,17 @@ def cannot_merge(run_path: Path, method: str) -> TunelabError:
 
 def probe_ids(run: Any, fmt: Any, tokenizer: Any, shape: str) -> list[list[int]]:
     """Prompts to compare models on: held-out inputs of the run if it kept them, else fixed ones."""
-    from tunelab.data.templates import example_from_prompt
+    from tunelab.inference.prompts import prompt_ids
+    from tunelab.runs.artifacts import read_predictions
 
-    prompts: list[str] = []
-    if run.predictions.is_file():
-        for line in run.predictions.read_text(encoding="utf-8").splitlines()[:2]:
-            value = json.loads(line).get("input")
-            if isinstance(value, str) and value.strip():
-                prompts.append(value)
+    prompts = [p.input for p in read_predictions(run.predictions)[:2] if p.input.strip()]
     prompts += list(PROBE_PROMPTS[: 3 - len(prompts)])
     if fmt is None:  # a classifier: raw text
         return [tokenizer(p)["input_ids"] for p in prompts]
     ids = []
     for p in prompts:
         try:
-            ids.append(fmt.prompt_ids(example_from_prompt(p, fmt, shape), tokenizer)[-256:])
+            ids.append(prompt_ids(fmt, tokenizer, shape, p)[-256:])
         except TunelabError:  # held-out inputs of some shapes are already formatted; fall back
             ids.append(tokenizer(p)["input_ids"][-256:])
     return ids
@@ -127,122 +111,62 @@ def _max_diff(a: list[Any], b: list[Any]) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
 
 
-def _dequantized_base(quantized: Any, float_base: Any) -> int:
-    """Copy the float values of every 4-bit weight of `quantized` into `float_base`; returns how many."""
-    import bitsandbytes as bnb
-    import torch
-
-    float_modules = dict(float_base.named_modules())
-    count = 0
-    with torch.no_grad():
-        for name, module in quantized.named_modules():
-            weight = getattr(module, "weight", None)
-            if weight is None or weight.__class__.__name__ != "Params4bit":
-                continue
-            target = float_modules.get(name)
-            if target is None:
-                raise TunelabError(f"4-bit module {name} has no float counterpart in the base model")
-            values = bnb.functional.dequantize_4bit(weight.data, weight.quant_state)
-            target.weight.copy_(values.to(device=target.weight.device, dtype=target.weight.dtype))
-            count += 1
-    return count
-
-
 def merged_model(run_dir: str | Path, *, dtype: str = "float32") -> Merged:
     """Load a complete run and return its model with the trained weights folded in."""
     import torch
+    from peft import PeftModel
 
-    from tunelab.config import load_config
-    from tunelab.data.templates import PromptFormat
+    from tunelab.inference.prompts import prompt_shape
     from tunelab.methods.registry import METHODS
-    from tunelab.models.loading import load_tokenizer, resolve_model
+    from tunelab.models.loading import load_model, load_tokenizer
     from tunelab.progress import quiet_libraries
-    from tunelab.run import RunDir
-    from tunelab.stages.registry import TASKS
+    from tunelab.runs.loading import load_base_for_merge, run_config
+    from tunelab.stages.registry import STAGES
 
     quiet_libraries()
     torch_dtype = _dtype(dtype)
-    run = RunDir(run_dir)
-    run.require_complete()
-    cfg = load_config(run.config)
-    method, task = METHODS[cfg.method], TASKS[cfg.task]
+    run, cfg = run_config(run_dir)
+    method, stage = METHODS[cfg.method], STAGES[cfg.task]
     tokenizer = load_tokenizer(run.tokenizer_dir)
-    fmt = PromptFormat.load(run.template) if run.template.is_file() else None
-    shape = _shape(fmt)
+    fmt = run.read_format()
     weights = run.path / method.weights_dir
-    labels = _labels(run)
-    load_kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code}
-    if task.model_kind == "seq_cls":
-        load_kwargs.update(labels=labels, pad_token_id=tokenizer.pad_token_id)
-    notes: list[str] = []
 
-    if getattr(method, "saves_whole_model", False) or not (weights / "adapter_config.json").is_file():
-        # full / freeze: the run saved a complete model; nothing to fold in
-        model = task.load_model(weights, dtype=torch_dtype, **load_kwargs)
-        notes.append(f"method {cfg.method!r} saved the whole model; re-saved as is")
-        return Merged(model, tokenizer, fmt, cfg, run, cfg.method, dtype, 0.0, 0, notes)
-
-    peft_type, prompt_learning = adapter_peft_type(weights)
-    if prompt_learning:
+    if method.saves_whole_model:  # full / freeze: the run saved a complete model; nothing to fold in
+        kwargs = {"trust_remote_code": cfg.model.trust_remote_code}
+        if stage.kind.classifier:
+            kwargs.update(labels=run.read_labels(), pad_token_id=tokenizer.pad_token_id)
+        model = load_model(weights, stage.model_kind, dtype=torch_dtype, **kwargs)
+        return Merged(model, tokenizer, fmt, cfg, run, cfg.method, dtype, 0.0, 0,
+                      [f"method {cfg.method!r} saved the whole model; re-saved as is"])  # fmt: skip
+    if not method.mergeable:
         raise cannot_merge(run.path, cfg.method)
 
-    from peft import PeftModel
+    probes = probe_ids(run, fmt, tokenizer, prompt_shape(fmt))
 
-    base_path = resolve_model(cfg.model.name).path
-    probes = probe_ids(run, fmt, tokenizer, shape)
-    precision = dtype
-    if cfg.method == "qlora":
-        from tunelab.stages.common import base_model_kwargs
-        from tunelab.training.trainer import choose_precision
+    def load_base(quantized: bool) -> Any:
+        return load_base_for_merge(cfg, run, tokenizer, quantized=quantized, dtype=torch.float32)
 
-        options = cfg.method_options()
-        quant = getattr(options, "quant_type", "nf4")
-        kwargs = base_model_kwargs(cfg, choose_precision(cfg.training.precision), tokenizer, labels)
-        quantized = task.load_model(base_path, **kwargs)
-        # the float base with every 4-bit weight replaced by the value it stands for
-        base = task.load_model(base_path, dtype=torch.float32, **load_kwargs)
-        n = _dequantized_base(quantized, base)
-        if n == 0:
-            raise TunelabError("the QLoRA base loaded without 4-bit weights; cannot de-quantize it",
-                               file=str(run.path), expected="bitsandbytes 4-bit support on this machine")
-        adapter_model = PeftModel.from_pretrained(quantized, str(weights)).eval()
+    target = method.merge_base(load_base, cfg.method_options())
+    reference = None
+    if target.trained_on is not None:  # the adapter ran on another base (4-bit): reference logits from there
+        adapter_model = PeftModel.from_pretrained(target.trained_on, str(weights)).eval()
         reference = _logits(adapter_model, probes)
-        del adapter_model, quantized
-        precision = f"{dtype} (base de-quantized from 4-bit {quant.upper()})"
-        notes.append(f"de-quantized {n} 4-bit weight matrices of the base to float32 before merging")
-    else:
-        base = task.load_model(base_path, dtype=torch.float32, **load_kwargs)
-        reference = None
-    model = PeftModel.from_pretrained(base, str(weights)).eval()
+        del adapter_model
+        target.trained_on = None
+    model = PeftModel.from_pretrained(target.base, str(weights)).eval()
     if reference is None:
         reference = _logits(model, probes)
     try:
         merged = model.merge_and_unload(safe_merge=True)
     except (ValueError, NotImplementedError, AttributeError) as exc:
-        raise TunelabError(f"peft cannot merge this {peft_type} adapter: {exc}", file=str(weights),
+        raise TunelabError(f"peft cannot merge this {cfg.method} adapter: {exc}", file=str(weights),
                            expected=f"`tunelab export {run.path} --format adapter --out DIR` instead") from None
     merged.eval()
     diff = _max_diff(reference, _logits(merged, probes))
     if torch_dtype != torch.float32:
         merged = merged.to(torch_dtype)
-    return Merged(merged, tokenizer, fmt, cfg, run, cfg.method, precision, diff, sum(map(len, probes)), notes)
-
-
-def _shape(fmt: Any) -> str:
-    if fmt is None:
-        return "classification"
-    if fmt.kind == "text":
-        return "text"
-    if fmt.kind == "custom":
-        from tunelab.data.shapes import RESPONSE_FIELD
-
-        return next((s for s, f in RESPONSE_FIELD.items() if f == fmt.response_field), "qa")
-    return "messages"
-
-
-def _labels(run: Any) -> list[str] | None:
-    path = run.path / "labels.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    precision = f"{dtype} (base {target.weights_from})" if target.weights_from else dtype
+    return Merged(merged, tokenizer, fmt, cfg, run, cfg.method, precision, diff, sum(map(len, probes)), target.notes)
 
 
 # -- the chat template that reproduces the run's prompt format ------------------------------------
@@ -360,16 +284,13 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "float32
 
 def export_adapter(run_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> Path:
     """Copy a run's peft adapter with its tokenizer and chat template: the export for unmergeable methods."""
-    from tunelab.config import load_config
-    from tunelab.data.templates import PromptFormat
+    from tunelab.methods.registry import METHODS
     from tunelab.models.loading import load_tokenizer, resolve_model
-    from tunelab.run import RunDir
+    from tunelab.runs.loading import run_config
 
-    run = RunDir(run_dir)
-    run.require_complete()
-    cfg = load_config(run.config)
-    adapter = run.path / "adapter"
-    if not (adapter / "adapter_config.json").is_file():
+    run, cfg = run_config(run_dir)
+    adapter = run.path / METHODS[cfg.method].weights_dir
+    if METHODS[cfg.method].saves_whole_model:
         raise TunelabError(f"method {cfg.method!r} saved a whole model, not an adapter", file=str(run.path),
                            expected=f"`tunelab merge {run.path} --out DIR` for a plain model directory")
     out = Path(out_dir)
@@ -381,8 +302,7 @@ def export_adapter(run_dir: str | Path, out_dir: str | Path, *, overwrite: bool 
             if item.is_file() and item.suffix in (".json", ".safetensors"):
                 shutil.copy2(item, tmp / item.name)
         tok = load_tokenizer(run.tokenizer_dir)
-        fmt = PromptFormat.load(run.template) if run.template.is_file() else None
-        template = export_chat_template(fmt, tok)
+        template = export_chat_template(run.read_format(), tok)
         if template:
             tok.chat_template = template
         tok.save_pretrained(tmp)

@@ -20,12 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.data.shapes import SHAREGPT_ROLES, Example
+from tunelab.data.shapes import ROW_SHAPES, SHAREGPT_ROLES, Example
 from tunelab.errors import TunelabError
+from tunelab.inference.prompts import prompt_example
 
 OUTPUT_FORMATS = ".jsonl, .json or .csv"
-# prompt fields by shape, tried in this order; alpaca's `input` is folded in as in training
-PROMPT_FIELDS = (("instruction", "alpaca"), ("question", "qa"), ("prompt", "prompt_completion"), ("input", "input_output"))
+# the prompt field of each pair shape, tried in the table's detection order (alpaca before
+# input/output, so an Alpaca row's `input` is folded into its instruction, as in training)
+PROMPT_FIELDS = tuple((s.prompt_field, name) for name, s in ROW_SHAPES.items() if s.kind == "pair" and s.prompt_field)
 
 
 @dataclass
@@ -39,11 +41,11 @@ class FileResult:
 
 def read_prompt_rows(path: str | Path) -> list[tuple[dict[str, Any], str, int]]:
     """(row, file, line) for every row; a .txt file is one prompt per non-empty line."""
-    from tunelab.data.sources import _read_text, read_rows
+    from tunelab.data.sources import read_rows, read_text
 
     path = Path(path)
     if path.suffix.lower() == ".txt" and path.is_file():
-        text = _read_text(path)
+        text = read_text(path)
         return [({"prompt": line.strip()}, str(path), n) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
     return [(r.data, r.file, r.line) for r in read_rows(path)]
 
@@ -73,26 +75,22 @@ def _turns(value: Any, *, file: str, line: int, field: str) -> list[dict[str, st
     return turns
 
 
-def prompt_example(row: dict[str, Any], fmt: Any, shape: str, *, file: str, line: int,
-                   columns: dict[str, str] | None = None) -> Example:
+def row_prompt(row: dict[str, Any], fmt: Any, shape: str, *, file: str, line: int,
+               columns: dict[str, str] | None = None) -> Example:
     """The prompt part of a row as an Example the run's PromptFormat renders."""
-    from tunelab.data.templates import example_from_prompt
-
     if columns:
         row = {columns.get(k, k): v for k, v in row.items()}
     where = f"{file}:{line}"
     for field in ("messages", "conversations"):
         if field in row:
             turns = _turns(row[field], file=file, line=line, field=field)
-            if fmt.kind == "chat":
-                return Example(shape="messages", fields={}, messages=turns, text=None, source=where, meta={})
-            return example_from_prompt(turns[-1]["content"], fmt, shape)
+            return prompt_example(fmt, shape, messages=turns, source=where)
     if fmt.kind == "text":
         text = next((row[k] for k in ("text", "prompt", "input", "question") if isinstance(row.get(k), str)), None)
         if text is None:
             raise TunelabError("no text to continue", file=file, line=line, field="text",
                                expected="a `text` (or `prompt`) field: this run continues raw text")
-        return example_from_prompt(text, fmt, shape)
+        return prompt_example(fmt, shape, text, source=where)
     if fmt.kind == "custom":
         # a row that carries the template's own prompt fields fills them all, exactly as in training
         import string
@@ -110,7 +108,7 @@ def prompt_example(row: dict[str, Any], fmt: Any, shape: str, *, file: str, line
             prompt = value
             if field == "instruction" and isinstance(row.get("input"), str) and row["input"].strip():
                 prompt += "\n\n" + row["input"]
-            return example_from_prompt(prompt, fmt, shape)
+            return prompt_example(fmt, shape, prompt, source=where)
     keys = ", ".join(map(repr, row)) or "(none)"
     raise TunelabError(
         f"no prompt in this row; it has keys {keys}",
@@ -130,9 +128,7 @@ def generate_file(
     show_progress: bool = True,
 ) -> FileResult:
     """Answer every row of INPUT with the run's model and write the rows with their answers to OUTPUT."""
-    from tunelab.api import LoadedRun, load_run
-    from tunelab.inference.chat import require_generative
-    from tunelab.inference.generation import generate_from_ids
+    from tunelab.inference.decoding import generate_from_ids
 
     output_path = Path(output_path)
     suffix = output_path.suffix.lower()
@@ -144,10 +140,10 @@ def generate_file(
     rows = read_prompt_rows(input_path)
     if not rows:
         raise TunelabError("no rows", file=str(input_path), expected="at least one prompt")
-    loaded = run if isinstance(run, LoadedRun) else load_run(run)
-    require_generative(loaded)
+    loaded = run() if callable(run) else run  # a loader: the model is loaded only once the files are fine
+    loaded.require_generative()
     columns = dict(getattr(loaded.cfg.data, "columns", None) or {})
-    examples = [prompt_example(row, loaded.fmt, loaded.shape, file=f, line=n, columns=columns) for row, f, n in rows]
+    examples = [row_prompt(row, loaded.fmt, loaded.shape, file=f, line=n, columns=columns) for row, f, n in rows]
     ids = [loaded.fmt.prompt_ids(e, loaded.tokenizer) for e in examples]
     started = time.time()
     outs = generate_from_ids(loaded.model, loaded.tokenizer, ids, max_new_tokens=max_new_tokens,

@@ -1,13 +1,32 @@
-"""What every training method provides: its options, how to apply it to a model, how to load it back."""
+"""What every training method provides: its options, how to apply it to a model, how to load it back,
+and what it can do (pack rows, slice logits, be merged) — so other code asks the method, never its name."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+
+# (quantized: bool) -> the run's base model, loaded as the method trained on it (True) or in float (False)
+LoadBase = Callable[[bool], Any]
+
+
+@dataclass
+class MergeBase:
+    """What an adapter is folded into by `tunelab merge`."""
+
+    base: Any  # the float base to merge into
+    trained_on: Any = None  # the base the adapter actually ran on, when it differs (4-bit): reference logits
+    notes: list[str] = field(default_factory=list)
+    weights_from: str | None = None  # how the float weights were obtained, when not the original ones
+
+
+def float_merge_base(load_base: LoadBase, options: Any) -> MergeBase:
+    """Most adapters fold into the float base they were trained on."""
+    return MergeBase(load_base(False))
 
 
 @dataclass(frozen=True)
@@ -15,19 +34,29 @@ class Method:
     name: str
     summary: str
     options: type[BaseModel] | None  # the method's own config section (`lora:`), None when it has no knobs
-    apply: Callable[..., Any]  # (model, options, task) -> model ready to train
-    load: Callable[..., Any]  # (base_model, weights_dir: Path, task) -> model with trained weights
+    apply: Callable[..., Any]  # (model, options, kind: ModelKind) -> model ready to train
+    load: Callable[..., Any]  # (base_model, weights_dir: Path) -> model with trained weights
     weights_dir: str  # where the trained weights go inside the run directory
     save: Callable[[Any, Path], None] | None = None  # default: model.save_pretrained(dir, safe_serialization=True)
-    # the model's forward keeps token positions (not true for methods that prepend virtual tokens),
-    # so logits can be computed for the trained positions only
-    sliced_logits: bool = True
-    # rows may be packed into one sequence; methods that prepend virtual tokens per row cannot be
-    padding_free: bool = True
+    # peft prompt learning: virtual tokens are prepended to every row, so rows cannot be packed into one
+    # sequence, token positions shift (no logits for trained positions only) and the KV cache is peft's own
+    virtual_tokens: bool = False
     # extra from_pretrained kwargs for the base model (e.g. 4-bit quantization): (options, precision) -> dict
     model_kwargs: Callable[[Any, str], dict[str, Any]] | None = None
     # whole model saved (full, freeze): the saved directory replaces the base at load time
     saves_whole_model: bool = False
+    # the trained weights can be folded into the base (`tunelab merge`); virtual tokens cannot
+    mergeable: bool = True
+    # (load_base, options) -> MergeBase: what `tunelab merge` folds the adapter into (see qlora)
+    merge_base: Callable[[LoadBase, Any], MergeBase] = float_merge_base
+
+    @property
+    def packs_rows(self) -> bool:
+        return not self.virtual_tokens
+
+    @property
+    def sliced_logits(self) -> bool:
+        return not self.virtual_tokens
 
 
 def save_weights(method: Method, model: Any, directory: Path) -> None:
@@ -38,13 +67,20 @@ def save_weights(method: Method, model: Any, directory: Path) -> None:
         model.save_pretrained(directory, safe_serialization=True)
 
 
-def load_adapter(base_model: Any, weights_dir: Path, task: Any) -> Any:
+def load_adapter(base_model: Any, weights_dir: Path) -> Any:
     """Any peft adapter (LoRA, DoRA, QLoRA, IA3, prompt methods) loads the same way."""
     from peft import PeftModel
 
     return PeftModel.from_pretrained(base_model, str(weights_dir))
 
 
-def load_whole_model(base_model: Any, weights_dir: Path, task: Any) -> Any:
+def load_whole_model(base_model: Any, weights_dir: Path) -> Any:
     """For methods that save a complete model: it is the base (see Method.saves_whole_model)."""
     return base_model
+
+
+def uses_virtual_tokens(model: Any) -> bool:
+    """Whether an in-memory model prepends virtual tokens (a peft prompt-learning adapter is active):
+    the runtime counterpart of `Method.virtual_tokens`, for code that holds a model, not a method."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))

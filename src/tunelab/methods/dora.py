@@ -12,10 +12,10 @@ class DoraOptions(LoraOptions):
     pass
 
 
-def apply(model: Any, options: DoraOptions, task: Any) -> Any:
+def apply(model: Any, options: DoraOptions, kind: Any) -> Any:
     from peft import get_peft_model
 
-    return get_peft_model(model, peft_lora_config(options, task, use_dora=True))
+    return get_peft_model(model, peft_lora_config(options, kind, use_dora=True))
 
 
 METHOD = Method(

@@ -28,7 +28,7 @@ def layer_stack(model: Any) -> list[Any]:
     return list(max(stacks, key=len)) if stacks else []
 
 
-def apply(model: Any, options: FreezeOptions, task: Any) -> Any:
+def apply(model: Any, options: FreezeOptions, kind: Any) -> Any:
     for p in model.parameters():
         p.requires_grad_(False)
     layers = layer_stack(model)
@@ -41,7 +41,7 @@ def apply(model: Any, options: FreezeOptions, task: Any) -> Any:
     for layer in layers[len(layers) - options.trainable_layers :] if options.trainable_layers else []:
         for p in layer.parameters():
             p.requires_grad_(True)
-    names = list(options.modules) + (list(task.head_modules) if options.train_head else [])
+    names = list(options.modules) + (list(kind.head_modules) if options.train_head else [])
     matched = set()
     for name, module in model.named_modules():
         for wanted in names:

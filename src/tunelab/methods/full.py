@@ -7,7 +7,7 @@ from typing import Any
 from tunelab.methods.base import Method, load_whole_model
 
 
-def apply(model: Any, options: Any, task: Any) -> Any:
+def apply(model: Any, options: Any, kind: Any) -> Any:
     for p in model.parameters():
         p.requires_grad_(True)
     return model

@@ -16,11 +16,11 @@ class Ia3Options(BaseModel):
     feedforward_modules: list[str] | None = Field(None, description="subset of target_modules that are feed-forward")
 
 
-def apply(model: Any, options: Ia3Options, task: Any) -> Any:
+def apply(model: Any, options: Ia3Options, kind: Any) -> Any:
     from peft import IA3Config, get_peft_model
 
     config = IA3Config(
-        task_type=task.peft_task_type,
+        task_type=kind.peft_task_type,
         target_modules=options.target_modules,
         feedforward_modules=options.feedforward_modules,
     )

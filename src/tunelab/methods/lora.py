@@ -22,7 +22,7 @@ class LoraOptions(BaseModel):
     modules_to_save: list[str] | None = None
 
 
-def peft_lora_config(options: LoraOptions, task: Any, *, use_dora: bool = False) -> Any:
+def peft_lora_config(options: LoraOptions, kind: Any, *, use_dora: bool = False) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(
@@ -32,15 +32,15 @@ def peft_lora_config(options: LoraOptions, task: Any, *, use_dora: bool = False)
         target_modules=options.target_modules,
         bias=options.bias,
         modules_to_save=options.modules_to_save,
-        task_type=task.peft_task_type,
+        task_type=kind.peft_task_type,
         use_dora=use_dora,
     )
 
 
-def apply(model: Any, options: LoraOptions, task: Any) -> Any:
+def apply(model: Any, options: LoraOptions, kind: Any) -> Any:
     from peft import get_peft_model
 
-    return get_peft_model(model, peft_lora_config(options, task))
+    return get_peft_model(model, peft_lora_config(options, kind))
 
 
 METHOD = Method(

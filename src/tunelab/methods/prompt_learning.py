@@ -40,7 +40,7 @@ class PrefixOptions(BaseModel):
     encoder_hidden_size: int = Field(128, gt=0)
 
 
-def _apply_prompt(model: Any, options: PromptOptions, task: Any) -> Any:
+def _apply_prompt(model: Any, options: PromptOptions, kind: Any) -> Any:
     from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
 
     kwargs: dict[str, Any] = {}
@@ -50,15 +50,15 @@ def _apply_prompt(model: Any, options: PromptOptions, task: Any) -> Any:
             "prompt_tuning_init_text": options.init_text,
             "tokenizer_name_or_path": model.config._name_or_path,
         }
-    config = PromptTuningConfig(task_type=task.peft_task_type, num_virtual_tokens=options.num_virtual_tokens, **kwargs)
+    config = PromptTuningConfig(task_type=kind.peft_task_type, num_virtual_tokens=options.num_virtual_tokens, **kwargs)
     return get_peft_model(model, config)
 
 
-def _apply_ptuning(model: Any, options: PtuningOptions, task: Any) -> Any:
+def _apply_ptuning(model: Any, options: PtuningOptions, kind: Any) -> Any:
     from peft import PromptEncoderConfig, get_peft_model
 
     config = PromptEncoderConfig(
-        task_type=task.peft_task_type,
+        task_type=kind.peft_task_type,
         num_virtual_tokens=options.num_virtual_tokens,
         encoder_hidden_size=options.encoder_hidden_size,
         encoder_reparameterization_type=options.encoder_type,
@@ -66,11 +66,11 @@ def _apply_ptuning(model: Any, options: PtuningOptions, task: Any) -> Any:
     return get_peft_model(model, config)
 
 
-def _apply_prefix(model: Any, options: PrefixOptions, task: Any) -> Any:
+def _apply_prefix(model: Any, options: PrefixOptions, kind: Any) -> Any:
     from peft import PrefixTuningConfig, get_peft_model
 
     config = PrefixTuningConfig(
-        task_type=task.peft_task_type,
+        task_type=kind.peft_task_type,
         num_virtual_tokens=options.num_virtual_tokens,
         prefix_projection=options.prefix_projection,
         encoder_hidden_size=options.encoder_hidden_size,
@@ -86,8 +86,8 @@ def _method(name: str, summary: str, options: type[BaseModel], apply: Any) -> Me
         apply=apply,
         load=load_adapter,
         weights_dir="adapter",
-        sliced_logits=False,
-        padding_free=False,
+        virtual_tokens=True,
+        mergeable=False,
     )
 
 

@@ -6,7 +6,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from tunelab.methods.base import Method, load_adapter
+from tunelab.errors import TunelabError
+from tunelab.methods.base import LoadBase, MergeBase, Method, load_adapter
 from tunelab.methods.lora import LoraOptions, peft_lora_config
 
 
@@ -34,12 +35,46 @@ def model_kwargs(options: QloraOptions, precision: str) -> dict[str, Any]:
     return {"quantization_config": quant, "device_map": device_map}
 
 
-def apply(model: Any, options: QloraOptions, task: Any) -> Any:
+def apply(model: Any, options: QloraOptions, kind: Any) -> Any:
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     # gradient checkpointing is the biggest slowdown measured here; the run's own setting decides it
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return get_peft_model(model, peft_lora_config(options, task))
+    return get_peft_model(model, peft_lora_config(options, kind))
+
+
+def dequantize_into(quantized: Any, float_base: Any) -> int:
+    """Copy the float values of every 4-bit weight of `quantized` into `float_base`; returns how many."""
+    import bitsandbytes as bnb
+    import torch
+
+    float_modules = dict(float_base.named_modules())
+    count = 0
+    with torch.no_grad():
+        for name, module in quantized.named_modules():
+            weight = getattr(module, "weight", None)
+            if weight is None or weight.__class__.__name__ != "Params4bit":
+                continue
+            target = float_modules.get(name)
+            if target is None:
+                raise TunelabError(f"4-bit module {name} has no float counterpart in the base model")
+            values = bnb.functional.dequantize_4bit(weight.data, weight.quant_state)
+            target.weight.copy_(values.to(device=target.weight.device, dtype=target.weight.dtype))
+            count += 1
+    return count
+
+
+def merge_base(load_base: LoadBase, options: QloraOptions) -> MergeBase:
+    """The adapter learned on the 4-bit base, so it is folded into that base *de-quantized* (the float
+    values the 4-bit weights stand for), not into the original float weights — a slightly different model."""
+    quantized = load_base(True)
+    base = load_base(False)
+    n = dequantize_into(quantized, base)
+    if n == 0:
+        raise TunelabError("the QLoRA base loaded without 4-bit weights; cannot de-quantize it",
+                           expected="bitsandbytes 4-bit support on this machine")
+    return MergeBase(base, trained_on=quantized, weights_from=f"de-quantized from 4-bit {options.quant_type.upper()}",
+                     notes=[f"de-quantized {n} 4-bit weight matrices of the base to float32 before merging"])
 
 
 METHOD = Method(
@@ -50,4 +85,5 @@ METHOD = Method(
     load=load_adapter,
     weights_dir="adapter",
     model_kwargs=model_kwargs,
+    merge_base=merge_base,
 )

@@ -139,36 +139,26 @@ def load_model(
     pad_token_id: int | None = None,
     **extra: Any,
 ) -> Any:
-    """A causal LM (`causal_lm`) or a model with a fresh classification head (`seq_cls`, needs labels).
+    """A model of a kind from `models.kinds.MODEL_KINDS` (a classifier needs its labels).
 
     `extra` goes to from_pretrained (a method's quantization_config / device_map).
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    from tunelab.models.kinds import MODEL_KINDS
+
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}")
+    model_kind = MODEL_KINDS[kind]
     kwargs: dict[str, Any] = {
         "dtype": dtype or torch.float32,
         "trust_remote_code": trust_remote_code,
         "use_safetensors": True,
         "attn_implementation": "sdpa",
+        **model_kind.head_kwargs(labels, pad_token_id),
         **extra,
     }
-    if kind == "causal_lm":
-        cls = AutoModelForCausalLM
-    elif kind == "seq_cls":
-        if not labels:
-            raise ValueError("a classification model needs its labels")
-        cls = AutoModelForSequenceClassification
-        kwargs.update(
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={label: i for i, label in enumerate(labels)},
-        )
-        if pad_token_id is not None:
-            kwargs["pad_token_id"] = pad_token_id  # decoder classifiers pool the last non-pad token
-    else:
-        raise ValueError(f"unknown model kind {kind!r}")
-    return cls.from_pretrained(str(path), **kwargs)
+    return model_kind.load(str(path), **kwargs)
 
 
 def list_models() -> list[dict[str, Any]]:

@@ -31,13 +31,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tunelab.inference.chat import (
-    SamplingOptions,
-    Sequence,
-    context_length,
-    conversation_ids,
-    stream_generate,
-)
+from tunelab.inference.decoding import SamplingOptions, Sequence, context_length, decode
+from tunelab.inference.prompts import prompt_ids
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
 
@@ -225,7 +220,7 @@ class Engine:
                 for j in batch
             ]
             try:
-                stream_generate(self.loaded.model, self.loaded.tokenizer, rows)
+                decode(self.loaded.model, self.loaded.tokenizer, rows, batch_size=len(rows))
             except Exception as exc:  # noqa: BLE001 - a failed batch fails its requests, not the server
                 for j in batch:
                     j.emit(("error", f"{type(exc).__name__}: {exc}"))
@@ -242,9 +237,7 @@ def create_app(loaded: Any, *, api_key: str | None = None, model_id: str | None 
     """The FastAPI app serving LOADED (a `tunelab.api.LoadedRun` of a generative run)."""
     from contextlib import asynccontextmanager
 
-    from tunelab.inference.chat import require_generative
-
-    require_generative(loaded)
+    loaded.require_generative()
     engine = engine or Engine(loaded, max_batch=max_batch, max_queue=max_queue)
     model_id = model_id or loaded.run.path.name
     created = int(time.time())
@@ -420,7 +413,7 @@ def create_app(loaded: Any, *, api_key: str | None = None, model_id: str | None 
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in body.messages]
         try:
-            ids = conversation_ids(loaded, messages)
+            ids = prompt_ids(loaded.fmt, loaded.tokenizer, loaded.shape, messages=messages)
         except Exception as exc:  # noqa: BLE001 - a template that rejects these messages (e.g. no system role)
             raise ApiError(400, f"messages: cannot be formatted with this model's chat template: {exc}",
                            param="messages") from None

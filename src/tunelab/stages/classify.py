@@ -6,14 +6,24 @@ untrained head → apply the method → train → save → evaluate on the same 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from tunelab.errors import TunelabError
 from tunelab.evaluation.metrics import classification_metrics
-from tunelab.progress import info, make_progress
-from tunelab.stages.common import Context, load_base_model, load_data, setup, train_and_save, write_results
+from tunelab.progress import info
+from tunelab.runs.artifacts import BASE, TUNED, Prediction, write_predictions
+from tunelab.stages.base import Context, Stage
+from tunelab.stages.common import load_base_model, load_data, setup, train_and_save, write_results
+
+
+class ClassifyOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    labels: list[str] | None = Field(None, description="label order (default: sorted labels found in the data)")
+    class_weights: Literal["none", "balanced"] = Field("none", description="balanced: weight classes by 1/frequency")
 
 
 def label_names(ctx: Context, train: list, given: list[str] | None) -> list[str]:
@@ -54,27 +64,12 @@ def encode(ctx: Context, examples: list, label_ids: dict[str, int]) -> list[dict
     return rows
 
 
-def predict(model: Any, tokenizer: Any, rows: list[dict[str, Any]], batch_size: int, label: str) -> list[list[float]]:
-    """Class probabilities for each row (batched, padded)."""
-    import torch
+def evaluate(model: Any, ctx: Context, examples: list, rows: list[dict[str, Any]], labels: list[str],
+             label: str) -> dict[str, Any]:  # fmt: skip
+    from tunelab.inference.scoring import class_probabilities
 
-    model.eval()
-    device = next(model.parameters()).device
-    probs: list[list[float]] = []
-    with make_progress() as progress:
-        task = progress.add_task(f"classify {label}", total=len(rows), info="")
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            batch = tokenizer.pad([{k: r[k] for k in ("input_ids", "attention_mask")} for r in chunk], return_tensors="pt")
-            with torch.inference_mode():
-                logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-            probs += torch.softmax(logits.float(), dim=-1).tolist()
-            progress.advance(task, len(chunk))
-    return probs
-
-
-def evaluate(model: Any, ctx: Context, rows: list[dict[str, Any]], labels: list[str], label: str) -> dict[str, Any]:
-    probs = predict(model, ctx.tokenizer, rows, ctx.cfg.evaluation.batch_size, label)
+    probs = class_probabilities(model, ctx.tokenizer, [ex.text for ex in examples], batch_size=ctx.cfg.evaluation.batch_size,
+                                max_length=ctx.cfg.data.max_length, description=f"classify {label}")
     predictions = [max(range(len(p)), key=p.__getitem__) for p in probs]
     metrics = classification_metrics(predictions, [r["labels"] for r in rows], labels)
     return {"metrics": metrics, "predictions": predictions, "probabilities": probs}
@@ -93,23 +88,24 @@ def run(ctx: Context) -> dict[str, Any]:
     splits = load_data(ctx)
     labels = label_names(ctx, splits.train, options.labels)
     label_ids = {name: i for i, name in enumerate(labels)}
-    (ctx.run.path / "labels.json").write_text(json.dumps(labels, ensure_ascii=False), encoding="utf-8")
-    ctx.labels = labels
+    ctx.run.write_labels(labels)
     train_rows = encode(ctx, splits.train, label_ids)
     eval_rows = encode(ctx, splits.validation, label_ids)
     test = splits.test[: cfg.evaluation.max_examples] if cfg.evaluation.max_examples else splits.test
     test_rows = encode(ctx, test, label_ids)
     counts = Counter(r["labels"] for r in train_rows)
     ctx.notes.append("labels: " + ", ".join(f"{name} ({counts[i]} train rows)" for i, name in enumerate(labels)))
+    weights = None
     if options.class_weights == "balanced":
-        ctx.class_weights = class_weights(train_rows, len(labels))
-        info(f"[cyan]classify[/cyan] class weights {[round(w, 3) for w in ctx.class_weights]}")
+        weights = class_weights(train_rows, len(labels))
+        info(f"[cyan]classify[/cyan] class weights {[round(w, 3) for w in weights]}")
 
-    model = load_base_model(ctx)
+    model = load_base_model(ctx, labels)
     ev = cfg.evaluation
-    base = evaluate(model, ctx, test_rows, labels, "untrained head") if ev.enabled and ev.compare_base and test_rows else None
-    trained = train_and_save(ctx, model, train_rows, eval_rows, None)
-    tuned = evaluate(trained["model"], ctx, test_rows, labels, "tuned") if ev.enabled and test_rows else None
+    run_base = ev.enabled and ev.compare_base and test_rows
+    base = evaluate(model, ctx, test, test_rows, labels, "untrained head") if run_base else None
+    trained = train_and_save(ctx, model, train_rows, eval_rows, None, loss_options={"class_weights": weights})
+    tuned = evaluate(trained["model"], ctx, test, test_rows, labels, "tuned") if ev.enabled and test_rows else None
     if tuned is not None:
         _write_predictions(ctx, test, labels, base, tuned)
     return write_results(
@@ -122,18 +118,28 @@ def run(ctx: Context) -> dict[str, Any]:
 
 
 def _write_predictions(ctx: Context, examples: list, labels: list[str], base: Any, tuned: Any) -> None:
-    from tunelab.run import write_jsonl_atomic
-
     rows = []
     for i, ex in enumerate(examples):
-        row = {
-            "source": ex.source,
-            "input": ex.text,
-            "reference": str(ex.fields["label"]),
-            "tuned": labels[tuned["predictions"][i]],
-            "tuned_probabilities": dict(zip(labels, (round(p, 4) for p in tuned["probabilities"][i]), strict=True)),
-        }
+        row = Prediction(
+            source=ex.source,
+            input=ex.text,
+            reference=str(ex.fields["label"]),
+            outputs={TUNED: labels[tuned["predictions"][i]]},
+            probabilities={TUNED: dict(zip(labels, (round(p, 4) for p in tuned["probabilities"][i]), strict=True))},
+        )
         if base is not None:
-            row["base"] = labels[base["predictions"][i]]
+            row.outputs = {BASE: labels[base["predictions"][i]], **row.outputs}
         rows.append(row)
-    write_jsonl_atomic(ctx.run.predictions, rows)
+    write_predictions(ctx.run.predictions, rows)
+
+
+STAGE = Stage(
+    name="classify",
+    summary="sequence classification with a classification head",
+    run=run,
+    model_kind="seq_cls",
+    shapes=("classification",),
+    loss="classification",
+    headline_metrics=("accuracy", "macro_f1"),
+    options=ClassifyOptions,
+)

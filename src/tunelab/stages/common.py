@@ -3,44 +3,17 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunelab.data.splits import Splits, splits_from_config
 from tunelab.errors import TunelabError
 from tunelab.methods.base import save_weights
-from tunelab.methods.registry import METHODS
+from tunelab.models.kinds import is_decoder_classifier
 from tunelab.models.loading import load_tokenizer, resolve_model
 from tunelab.progress import info
-from tunelab.run import RunDir
-from tunelab.stages.registry import TASKS
-
-
-@dataclass
-class Context:
-    """What a recipe has built so far; handed from step to step."""
-
-    cfg: Any
-    run: RunDir
-    resume: bool
-    model_path: str = ""
-    tokenizer: Any = None
-    splits: Splits | None = None
-    notes: list[str] = field(default_factory=list)
-    precision: str = "fp32"
-    labels: list[str] | None = None  # classification label order (ids = positions)
-    class_weights: list[float] | None = None
-    weight_memory: dict[str, int] = field(default_factory=dict)
-    model: Any = None  # the trained model once training is done
-
-    @property
-    def task(self) -> Any:
-        return TASKS[self.cfg.task]
-
-    @property
-    def method(self) -> Any:
-        return METHODS[self.cfg.method]
+from tunelab.runs.layout import write_json_atomic
+from tunelab.stages.base import Context, base_model_kwargs
 
 
 def setup(ctx: Context) -> None:
@@ -48,7 +21,7 @@ def setup(ctx: Context) -> None:
     import torch
     from transformers import set_seed
 
-    from tunelab.training.trainer import choose_precision
+    from tunelab.training.device import choose_precision
 
     t = ctx.cfg.training
     if t.threads:
@@ -63,8 +36,9 @@ def setup(ctx: Context) -> None:
 
 
 def load_data(ctx: Context) -> Splits:
-    splits = splits_from_config(ctx.cfg.data, ctx.cfg._source_dir)
-    allowed_shapes = ctx.task.shapes
+    """The splits the data check already carved (read once), or read them now for a recipe run alone."""
+    splits = ctx.splits if ctx.splits is not None else splits_from_config(ctx.cfg.data, ctx.cfg._source_dir)
+    allowed_shapes = ctx.stage.shapes
     if splits.shape not in allowed_shapes:
         raise TunelabError(
             f"task {ctx.cfg.task!r} cannot train on rows of shape {splits.shape!r}",
@@ -79,32 +53,18 @@ def load_data(ctx: Context) -> Splits:
     return splits
 
 
-def base_model_kwargs(cfg: Any, precision: str, tokenizer: Any, labels: list[str] | None) -> dict[str, Any]:
-    """How to load the base for this task and method (labels for a head, 4-bit for QLoRA, …)."""
-    from tunelab.methods.registry import METHODS
+def load_base_model(ctx: Context, labels: list[str] | None = None) -> Any:
+    """The base model as the method trains on it (a classifier head sized for `labels`)."""
+    from tunelab.models.loading import load_model
 
-    method = METHODS[cfg.method]
-    kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code}
-    if method.model_kwargs is not None:
-        kwargs.update(method.model_kwargs(cfg.method_options(), precision))
-    if TASKS[cfg.task].model_kind == "seq_cls":
-        kwargs.update(labels=labels, pad_token_id=tokenizer.pad_token_id)
-    return kwargs
-
-
-def load_base_model(ctx: Context) -> Any:
-    kwargs = base_model_kwargs(ctx.cfg, ctx.precision, ctx.tokenizer, ctx.labels)
-    model = ctx.task.load_model(ctx.model_path, **kwargs)
-    if ctx.task.model_kind == "seq_cls" and is_decoder_classifier(model):
+    kwargs = base_model_kwargs(ctx.stage, ctx.method, ctx.cfg, ctx.precision, ctx.tokenizer, labels)
+    model = load_model(ctx.model_path, ctx.stage.model_kind, **kwargs)
+    if ctx.stage.kind.classifier and is_decoder_classifier(model):
         # decoder heads read the last token; left padding keeps it real even when peft prepends
         # virtual tokens (then the model sees no input_ids and cannot locate padding itself)
         ctx.tokenizer.padding_side = "left"
     ctx.notes.append(f"base weights in memory: {model.get_memory_footprint() / 2**20:.1f} MiB")
     return model
-
-
-def is_decoder_classifier(model: Any) -> bool:
-    return hasattr(model, "score") and not hasattr(model, "classifier")
 
 
 def trainable_parameters(model: Any) -> tuple[int, int]:
@@ -148,47 +108,55 @@ def apply_method(ctx: Context, model: Any) -> tuple[Any, str]:
         ctx.notes.append(note)
         info(f"[green]{ctx.cfg.method}[/green] {note}")
     ctx.weight_memory = {"weights_bytes": weight_bytes, "fp32_weights_bytes": fp32_bytes}
-    model = ctx.method.apply(model, ctx.cfg.method_options(), ctx.task)
+    model = ctx.method.apply(model, ctx.cfg.method_options(), ctx.stage.kind)
     report = trainable_report(model)
     info(f"[green]{ctx.cfg.method}[/green] {report}")
     return model, report
 
 
-def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict]) -> dict[str, Any]:
-    """Train with the shared Trainer setup; returns throughput and memory figures."""
+def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict], *,
+        loss_options: dict[str, Any] | None = None, build_trainer: Any = None) -> dict[str, Any]:  # fmt: skip
+    """Train with the shared Trainer setup; returns throughput and memory figures.
+
+    The stage's loss (`Stage.loss`, with `loss_options` such as class weights) picks the Trainer; a
+    stage whose trainer is another library's (TRL's preference and RL trainers) passes
+    `build_trainer(model=, args=, train_dataset=, eval_dataset=, data_collator=, processing_class=,
+    callbacks=)` instead and keeps everything else: arguments, callbacks, resume, packing, figures.
+    """
     import time
     from contextlib import nullcontext
 
     from transformers import EarlyStoppingCallback
 
+    from tunelab.training.device import peak_memory_gib
+    from tunelab.training.losses import LOSSES, loss_trainer
     from tunelab.training.packed_attention import packed_attention
     from tunelab.training.trainer import (
         MetricsFileCallback,
         RichProgressCallback,
         TokenCountingCollator,
-        make_collator,
-        peak_memory_gib,
-        trainer_class,
         training_arguments,
     )
 
     if not train_rows:
         raise TunelabError("no training rows left after preparation", file=ctx.cfg.data.train, expected="at least one row")
     t = ctx.cfg.training
+    stage, method = ctx.stage, ctx.method
     args = training_arguments(
         ctx.cfg, ctx.run.checkpoints, ctx.precision, has_eval=bool(eval_rows), n_train=len(train_rows)
     )
-    packed = t.padding_free and ctx.task.packs_rows and ctx.method.padding_free
-    if t.padding_free and ctx.task.packs_rows and not ctx.method.padding_free:
-        ctx.notes.append(f"method {ctx.method.name} prepends virtual tokens per row: batches are padded, not packed")
-    collator = TokenCountingCollator(make_collator(ctx.tokenizer, padding_free=packed, kind=ctx.task.model_kind))
+    stage_packs = not stage.kind.classifier
+    packed = t.padding_free and stage_packs and method.packs_rows
+    if t.padding_free and stage_packs and not method.packs_rows:
+        ctx.notes.append(f"method {method.name} prepends virtual tokens per row: batches are padded, not packed")
+    collator = TokenCountingCollator(stage.kind.collator(ctx.tokenizer, padding_free=packed))
     callbacks: list[Any] = [MetricsFileCallback(ctx.run.metrics), RichProgressCallback()]
     if t.early_stopping_patience and args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
     if hasattr(model, "config"):
         model.config.use_cache = False  # packed rows + KV cache give silently wrong logits; training needs no cache
-    sliced = ctx.task.model_kind == "causal_lm" and ctx.method.sliced_logits
-    trainer = trainer_class(sliced, ctx.class_weights)(
+    make = build_trainer or loss_trainer(stage.loss, sliced_logits=method.sliced_logits, options=loss_options)
+    trainer = make(
         model=model,
         args=args,
         train_dataset=train_rows,
@@ -198,8 +166,8 @@ def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict])
         callbacks=callbacks,
     )
     trainer.remove_callback(_printer_callback())
-    if ctx.task.model_kind == "seq_cls":
-        # classifier losses are per-batch means: let Trainer divide them across accumulation steps
+    if LOSSES[stage.loss].per_batch_mean:
+        # per-batch-mean losses: let Trainer divide them across accumulation steps
         trainer.model_accepts_loss_kwargs = False
     checkpoint = ctx.run.last_checkpoint() if ctx.resume else None
     if ctx.resume and checkpoint is None:
@@ -239,10 +207,11 @@ def save_trained(ctx: Context, model: Any, fmt: Any) -> Path:
     return directory
 
 
-def train_and_save(ctx: Context, model: Any, train_rows: list, eval_rows: list, fmt: Any) -> dict[str, Any]:
+def train_and_save(ctx: Context, model: Any, train_rows: list, eval_rows: list, fmt: Any, *,
+                   loss_options: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """Apply the method, train, save: the middle of every recipe. Returns the model and what happened."""
     model, trainable = apply_method(ctx, model)
-    stats = fit(ctx, model, train_rows, eval_rows)
+    stats = fit(ctx, model, train_rows, eval_rows, loss_options=loss_options)
     stats.pop("trainer")
     weights = save_trained(ctx, model, fmt)
     ctx.model = model
@@ -257,8 +226,6 @@ def train_and_save(ctx: Context, model: Any, train_rows: list, eval_rows: list, 
 
 def write_results(ctx: Context, trained: dict[str, Any], *, base: Any, tuned: Any, n_test: int) -> dict[str, Any]:
     """eval.json: base and tuned metrics side by side, with how training went."""
-    from tunelab.run import write_json_atomic
-
     results = {
         "task": ctx.cfg.task,
         "metrics": {"base": base, "tuned": tuned},

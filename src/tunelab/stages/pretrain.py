@@ -11,8 +11,8 @@ from typing import Any
 
 from tunelab.data.templates import PromptFormat
 from tunelab.evaluation.metrics import perplexity
-from tunelab.progress import make_progress
-from tunelab.stages.common import Context, load_base_model, load_data, setup, train_and_save, write_results
+from tunelab.stages.base import Context, Stage
+from tunelab.stages.common import load_base_model, load_data, setup, train_and_save, write_results
 
 
 def pack(ctx: Context, fmt: PromptFormat, examples: list) -> list[dict[str, Any]]:
@@ -38,25 +38,12 @@ def carve_blocks(blocks: list[dict[str, Any]], split: Any) -> tuple[list, list, 
     return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
 
 
-def block_perplexity(model: Any, blocks: list[dict[str, Any]], batch_size: int, label: str) -> dict[str, float]:
+def block_perplexity(model: Any, tokenizer: Any, blocks: list[dict[str, Any]], batch_size: int, label: str) -> dict[str, float]:
     """Token-weighted perplexity over blocks (every token after the first of a block is predicted)."""
-    import torch
+    from tunelab.inference.scoring import sequence_nll
 
-    total_nll, total_tokens = 0.0, 0
-    model.eval()
-    device = next(model.parameters()).device
-    progress = make_progress()
-    with progress:
-        task = progress.add_task(f"perplexity {label}", total=len(blocks), info="")
-        for start in range(0, len(blocks), batch_size):
-            for b in blocks[start : start + batch_size]:
-                ids = torch.tensor([b["input_ids"]], device=device)
-                with torch.inference_mode():
-                    out = model(input_ids=ids, labels=ids, use_cache=False)
-                n = ids.shape[1] - 1
-                total_nll += float(out.loss) * n
-                total_tokens += n
-            progress.advance(task, len(blocks[start : start + batch_size]))
+    nll = sequence_nll(model, tokenizer, blocks, batch_size=batch_size, description=f"perplexity {label}")
+    total_nll, total_tokens = sum(v for v, _ in nll), sum(n for _, n in nll)
     return {
         "perplexity": round(perplexity(total_nll, total_tokens), 4),
         "eval_loss": round(total_nll / max(total_tokens, 1), 4) if total_tokens else math.nan,
@@ -84,7 +71,18 @@ def run(ctx: Context) -> dict[str, Any]:
 
     model = load_base_model(ctx)
     ev = cfg.evaluation
-    base = block_perplexity(model, test_rows, ev.batch_size, "base") if ev.enabled and ev.compare_base and test_rows else None
+    base = block_perplexity(model, ctx.tokenizer, test_rows, ev.batch_size, "base") if ev.enabled and ev.compare_base and test_rows else None
     trained = train_and_save(ctx, model, train_rows, eval_rows, fmt)
-    tuned = block_perplexity(trained["model"], test_rows, ev.batch_size, "tuned") if ev.enabled and test_rows else None
+    tuned = block_perplexity(trained["model"], ctx.tokenizer, test_rows, ev.batch_size, "tuned") if ev.enabled and test_rows else None
     return write_results(ctx, trained, base=base, tuned=tuned, n_test=len(test_rows))
+
+
+STAGE = Stage(
+    name="pretrain",
+    summary="continued pretraining on raw text (packed blocks)",
+    run=run,
+    model_kind="causal_lm",
+    shapes=("text",),
+    loss="causal_lm",
+    headline_metrics=("perplexity", "eval_loss"),
+)

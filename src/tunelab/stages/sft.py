@@ -9,11 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from tunelab.data.templates import PromptFormat
-from tunelab.evaluation.generation_eval import evaluate_generation, write_predictions
+from tunelab.evaluation.generation_eval import evaluate_generation, prediction_rows
+from tunelab.evaluation.metrics import HEADLINE_METRICS
 from tunelab.progress import info
-from tunelab.run import write_json_atomic
+from tunelab.runs.artifacts import write_predictions
+from tunelab.runs.layout import write_json_atomic
+from tunelab.stages.base import Context, Stage
 from tunelab.stages.common import (
-    Context,
     load_base_model,
     load_data,
     setup,
@@ -74,7 +76,7 @@ def run(ctx: Context) -> dict[str, Any]:
     model = trained["model"]
     tuned = evaluate_generation(model, ctx.tokenizer, fmt, test, ev, label="tuned") if ev.enabled and test else None
     if tuned is not None:
-        write_predictions(ctx.run.predictions, test, fmt, base, tuned)
+        write_predictions(ctx.run.predictions, prediction_rows(test, fmt, base, tuned))
     return write_results(
         ctx,
         trained,
@@ -82,3 +84,14 @@ def run(ctx: Context) -> dict[str, Any]:
         tuned=tuned["metrics"] if tuned else None,
         n_test=len(test),
     )
+
+
+STAGE = Stage(
+    name="sft",
+    summary="supervised instruction tuning on prompt/response rows",
+    run=run,
+    model_kind="causal_lm",
+    shapes=("qa", "alpaca", "prompt_completion", "input_output", "messages", "conversations"),
+    loss="causal_lm",
+    headline_metrics=tuple(HEADLINE_METRICS),
+)

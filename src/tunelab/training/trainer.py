@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,31 +16,6 @@ from typing import Any
 from transformers import TrainerCallback
 
 from tunelab.progress import make_progress
-
-
-def cpu_supports_bf16() -> bool:
-    """bf16 autocast is only a win on CPUs with native bf16 math (measured 1.5–1.7× here)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
-
-
-def choose_precision(requested: str) -> str:
-    import torch
-
-    if requested != "auto":
-        return requested
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_supports_bf16() else "fp32"
-
-
-def peak_memory_gib() -> float:
-    """Peak resident memory of this process (ru_maxrss is KiB on Linux)."""
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kib / (1024 * 1024) if sys.platform != "darwin" else kib / 1024**3
 
 
 class TokenCountingCollator:
@@ -55,18 +28,6 @@ class TokenCountingCollator:
     def __call__(self, features: list[dict]) -> dict:
         self.tokens += sum(len(f["input_ids"]) for f in features)
         return self.collate(features)
-
-
-def make_collator(tokenizer: Any, *, padding_free: bool, kind: str = "causal_lm") -> Any:
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, DataCollatorWithPadding
-
-    if kind == "seq_cls":
-        return DataCollatorWithPadding(tokenizer, return_tensors="pt")
-    if padding_free:
-        # rows are concatenated into one sequence with restarting position_ids: no FLOPs on padding,
-        # and sdpa keeps the rows from attending to each other (checked equal to separate rows)
-        return DataCollatorWithFlattening(return_position_ids=True)
-    return DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt")
 
 
 class MetricsFileCallback(TrainerCallback):
@@ -181,62 +142,3 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def response_only_loss(
-    model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None, *, return_outputs: bool = False
-) -> Any:
-    """Causal-LM loss that builds vocabulary logits only where a label exists.
-
-    The LM head (576 × 49,152 for SmolLM2) is a fifth of the model's FLOPs; with the loss on the
-    response only, most positions need no logits at all. Equal to the usual shifted cross-entropy.
-    """
-    import torch.nn.functional as F
-
-    inputs = dict(inputs)
-    labels = inputs.pop("labels")
-    shift = labels[:, 1:]
-    keep = (shift != -100).any(dim=0).nonzero().squeeze(-1)  # positions whose next token is trained
-    outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
-    logits = outputs.logits
-    targets = shift[:, keep]
-    loss = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
-    )
-    count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum().clamp(min=1)
-    loss = loss / count
-    return (loss, outputs) if return_outputs else loss
-
-
-def weighted_classification_loss(model: Any, inputs: dict[str, Any], weights: list[float], num_items: Any = None,
-                                 *, return_outputs: bool = False) -> Any:
-    import torch
-    import torch.nn.functional as F
-
-    inputs = dict(inputs)
-    labels = inputs.pop("labels")
-    outputs = model(**inputs)
-    w = torch.tensor(weights, dtype=torch.float32, device=outputs.logits.device)
-    loss = F.cross_entropy(outputs.logits.float(), labels, weight=w)
-    return (loss, outputs) if return_outputs else loss
-
-
-def trainer_class(sliced_logits: bool, class_weights: list[float] | None = None) -> type:
-    from transformers import Trainer
-
-    if class_weights is not None:
-
-        class WeightedLossTrainer(Trainer):
-            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
-                return weighted_classification_loss(model, inputs, class_weights, return_outputs=return_outputs)
-
-        return WeightedLossTrainer
-    if not sliced_logits:
-        return Trainer
-
-    class ResponseOnlyLossTrainer(Trainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
-            # evaluation asks for outputs too; with prediction_loss_only the sliced logits are never read
-            return response_only_loss(model, inputs, num_items_in_batch, return_outputs=return_outputs)
-
-    return ResponseOnlyLossTrainer

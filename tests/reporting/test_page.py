@@ -1,4 +1,4 @@
-"""Tests for tunelab.evaluation.report."""
+"""The page: atomic write, embedded images, no remote resources or scripts, escaping, summary, metrics."""
 
 from __future__ import annotations
 
@@ -9,8 +9,19 @@ from pathlib import Path
 
 import pytest
 
+from tunelab.evaluation.metrics import metric_display
 from tunelab.evaluation.plots import plot_loss
-from tunelab.evaluation.report import write_report
+from tunelab.reporting import (
+    ConfigDump,
+    Figures,
+    MetricRow,
+    MetricsTable,
+    Notes,
+    Report,
+    Samples,
+    Summary,
+    write_report,
+)
 
 ROWS = [{"step": s, "loss": 3 - s / 100} for s in range(10, 101, 10)] + [{"step": 50, "eval_loss": 2.5}]
 
@@ -40,6 +51,22 @@ SAMPLES = [
     {"input": "<script>alert(1)</script>", "reference": "a & b", "base": "meh", "tuned": "<b>bold</b>"},
     {"input": "second", "tuned": "only tuned"},
 ]
+
+
+def metric_rows(rows: list[dict]) -> list[MetricRow]:
+    return [MetricRow(metric_display(r["metric"]), r.get("base"), r.get("tuned")) for r in rows]
+
+
+def _plain_page(*, summary=None, metrics=(), plots=None, samples=(), notes=(), config=None) -> list:
+    """The sections of a run's page, in the run report's order."""
+    return [
+        Summary(summary or {}),
+        MetricsTable(metric_rows(list(metrics))),
+        Figures(plots or {}),
+        Samples(list(samples)),
+        Notes(list(notes)),
+        ConfigDump(config or {}),
+    ]
 
 
 class _Collector(HTMLParser):
@@ -73,16 +100,17 @@ class _Collector(HTMLParser):
 @pytest.fixture
 def report(tmp_path: Path) -> tuple[Path, str, _Collector]:
     loss = plot_loss(ROWS, tmp_path / "loss.png")
-    out = write_report(
-        tmp_path / "report.html",
-        title="Run <x> & report",
-        config=CONFIG,
-        summary=SUMMARY,
-        metrics_table=METRICS,
-        plots={"Loss": loss, "Learning rate": tmp_path / "missing-lr.png"},
-        samples=SAMPLES,
-        notes=["dropped 3 rows with empty <output>", "split 90/10"],
-    )
+    out = Report(
+        "Run <x> & report",
+        _plain_page(
+            config=CONFIG,
+            summary=SUMMARY,
+            metrics=METRICS,
+            plots={"Loss": loss, "Learning rate": tmp_path / "missing-lr.png"},
+            samples=SAMPLES,
+            notes=["dropped 3 rows with empty <output>", "split 90/10"],
+        ),
+    ).write(tmp_path / "report.html")
     text = out.read_text(encoding="utf-8")
     parser = _Collector()
     parser.feed(text)
@@ -171,24 +199,15 @@ def test_report_metrics_and_delta_signs(report) -> None:
 
 
 def test_report_minimal_inputs(tmp_path: Path) -> None:
-    out = write_report(
-        tmp_path / "nested" / "report.html",
-        title="empty",
-        config={},
-        summary={},
-        metrics_table=[],
-        plots={},
-        samples=[],
-    )
+    out = write_report(tmp_path / "nested" / "report.html", "empty", _plain_page())
     text = out.read_text(encoding="utf-8")
     assert "No metrics." in text
     assert "No samples." in text
 
 
 def test_report_overwrites(tmp_path: Path) -> None:
-    kwargs = dict(config={}, summary={}, metrics_table=[], plots={}, samples=[])
     path = tmp_path / "report.html"
-    write_report(path, title="first", **kwargs)
-    write_report(path, title="second", **kwargs)
+    write_report(path, "first", _plain_page())
+    write_report(path, "second", _plain_page())
     text = path.read_text(encoding="utf-8")
     assert "second" in text and "first" not in text

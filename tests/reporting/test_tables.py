@@ -1,4 +1,4 @@
-"""write_report's optional parts: CI columns, comparison, confusion matrix, figures, lists, per-example table;
+"""The table sections: CI columns, comparison, confusion matrix, figures, static tables, per-example table;
 and the page in headless Chromium: renders, no console errors, sorting/filtering work, screenshot."""
 
 from __future__ import annotations
@@ -11,8 +11,26 @@ import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
+from tunelab.evaluation.metrics import metric_display
 from tunelab.evaluation.plots import plot_histograms, plot_loss
-from tunelab.evaluation.report import write_report
+from tunelab.reporting import (
+    Column,
+    ComparisonRow,
+    ComparisonTable,
+    ConfigDump,
+    ConfusionMatrices,
+    ConfusionMatrix,
+    ExampleRow,
+    ExamplesTable,
+    Figures,
+    MetricRow,
+    MetricsTable,
+    Notes,
+    Report,
+    StaticTable,
+    StaticTables,
+    Summary,
+)
 
 XSS = "<script>alert('x')</script>"
 ROWS = [
@@ -56,6 +74,18 @@ COMPARISON = {
 }
 
 
+COLS = [Column(c["key"], c["label"], c["kind"]) for c in COLUMNS]
+
+
+def _cells(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "_flags"}
+
+
+def _comparison(spec: dict, title: str = "Metrics") -> ComparisonTable:
+    rows = [ComparisonRow(metric_display(r["metric"]), r["values"], r["intervals"], r["deltas"]) for r in spec["rows"]]
+    return ComparisonTable(spec["models"], spec["baseline"], rows, n=spec["n"], resamples=spec["resamples"], title=title)
+
+
 class _Tags(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
@@ -79,24 +109,22 @@ def _full_report(tmp_path: Path) -> Path:
     loss = plot_loss([{"step": s, "loss": 3 - s / 50} for s in range(1, 60, 5)], tmp_path / "loss.png")
     hist = plot_histograms({"references": [3, 4, 5, 9], "tuned outputs": [2, 3, 12, 12]}, tmp_path / "h.png",
                            title="Token lengths", xlabel="tokens", marker=(12, "max_new_tokens"))
-    return write_report(
-        tmp_path / "report.html",
-        title="full <report>",
-        config={"model": "tiny"},
-        summary={"model": "tiny"},
-        metrics_table=[{"metric": "rougeL", "base": 10.0, "tuned": 17.4}, {"metric": "bleu", "base": 3.0, "tuned": 2.0}],
-        plots={"Loss": loss},
-        samples=[],
-        notes=["a note"],
-        intervals={"rougeL": DELTA},
-        comparison=COMPARISON,
-        confusion={"label_names": ["neg", "pos"], "matrix": [[5, 1], [2, 7]]},
-        figures={"Token lengths": hist},
-        lists=[{"id": "regressions", "title": "Regressions", "note": "1 worse",
-                "columns": COLUMNS[:6], "rows": [ROWS[1]], "empty": "none"},
-               {"id": "empty-list", "title": "Nothing here", "columns": COLUMNS[:2], "rows": [], "empty": "No rows."}],
-        examples={"columns": COLUMNS, "rows": ROWS, "flags": ["regression", "improvement", "tie"], "primary": "rougeL"},
-    )
+    examples = ExamplesTable(COLS, [ExampleRow(_cells(r), (r["_flags"],)) for r in ROWS],
+                             flags=["regression", "improvement", "tie"], primary="rougeL")
+    return Report("full <report>", [
+        Summary({"model": "tiny"}),
+        MetricsTable([MetricRow(metric_display("rougeL"), 10.0, 17.4, DELTA), MetricRow(metric_display("bleu"), 3.0, 2.0)]),
+        _comparison(COMPARISON, title="Comparison"),
+        ConfusionMatrices({"": ConfusionMatrix(["neg", "pos"], [[5, 1], [2, 7]])}),
+        Figures({"Loss": loss}),
+        Figures({"Token lengths": hist}, title="Distributions", id="figures"),
+        StaticTables([StaticTable(COLS[:6], [_cells(ROWS[1])], title="Regressions", note="1 worse", id="regressions",
+                                  empty="none"),
+                      StaticTable(COLS[:2], [], title="Nothing here", id="empty-list", empty="No rows.")]),
+        examples,
+        Notes(["a note"]),
+        ConfigDump({"model": "tiny"}),
+    ]).write(tmp_path / "report.html")
 
 
 def test_full_report_structure_and_csp(tmp_path: Path) -> None:
@@ -136,8 +164,7 @@ def test_full_report_structure_and_csp(tmp_path: Path) -> None:
 
 
 def test_report_without_examples_has_no_script(tmp_path: Path) -> None:
-    out = write_report(tmp_path / "r.html", title="t", config={}, summary={}, metrics_table=[], plots={}, samples=[],
-                       comparison=COMPARISON)
+    out = Report("t", [Summary({}), _comparison(COMPARISON), Notes([]), ConfigDump({})]).write(tmp_path / "r.html")
     text = out.read_text(encoding="utf-8")
     assert "<script" not in text and "script-src" not in text
     assert "No metrics." not in text  # the comparison table takes the metrics' place

@@ -1,4 +1,4 @@
-"""The run directory: one folder per run holding everything it produced.
+"""The run directory's layout: one folder per run holding everything it produced.
 
 `run.json` carries the status. It says "complete" only after every artefact is written, as the very
 last step; a crashed run says "failed", and a killed one stays "running" — either way it is never
@@ -33,6 +33,22 @@ class RunDir:
     loss_png = property(lambda self: self.path / "loss.png")
     lr_png = property(lambda self: self.path / "lr.png")
     tokenizer_dir = property(lambda self: self.path / "tokenizer")
+    labels_json = property(lambda self: self.path / "labels.json")
+
+    def read_labels(self) -> list[str] | None:
+        """A classification run's label names in id order (None for generative runs)."""
+        if not self.labels_json.is_file():
+            return None
+        return json.loads(self.labels_json.read_text(encoding="utf-8"))
+
+    def write_labels(self, labels: list[str]) -> None:
+        write_json_atomic(self.labels_json, list(labels))
+
+    def read_format(self) -> Any:
+        """The prompt format the run trained with (None for a classification run, which has none)."""
+        from tunelab.data.templates import PromptFormat
+
+        return PromptFormat.load(self.template) if self.template.is_file() else None
 
     def read_status(self) -> dict[str, Any]:
         if not self.status_file.is_file():

@@ -1,0 +1,121 @@
+"""The one scorer: teacher-forced negative log-likelihood of token sequences (perplexity, the
+reference answers' likelihood, multiple-choice answers) and a classifier's class probabilities."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunelab.progress import make_progress
+
+
+def sequence_nll(
+    model: Any, tokenizer: Any, rows: list[dict], *, batch_size: int = 16, max_batch_tokens: int = 1024,
+    description: str | None = None,
+) -> list[tuple[float, int]]:
+    """Per row of {input_ids, labels}: (summed negative log-likelihood in nats, scored token count) of
+    the tokens whose label is not IGNORE_INDEX, teacher-forced in right-padded batches of similar
+    length (longest first, at most max_batch_tokens per batch). `description` shows a progress bar."""
+    import torch
+
+    from tunelab.data.templates import IGNORE_INDEX
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
+    results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    progress = make_progress() if description else None
+    try:
+        if progress is not None:
+            progress.start()
+            task = progress.add_task(description, total=len(rows), info="")
+        start = 0
+        while start < len(order):
+            width = len(rows[order[start]]["input_ids"])
+            n_rows = max(1, min(batch_size, max_batch_tokens // max(width, 1)))
+            idx = order[start : start + n_rows]
+            start += len(idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            labels = torch.full((len(idx), width), IGNORE_INDEX, dtype=torch.long)
+            for r, i in enumerate(idx):
+                n = len(rows[i]["input_ids"])
+                ids[r, :n] = torch.tensor(rows[i]["input_ids"], dtype=torch.long)
+                mask[r, :n] = 1
+                labels[r, :n] = torch.tensor(rows[i]["labels"], dtype=torch.long)
+            with torch.inference_mode():
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            logits = logits[:, -width:]  # prompt-learning adapters prepend virtual-token positions
+            target = labels[:, 1:].to(device)
+            token_nll = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]),
+                target.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="none",
+            ).view(target.shape)
+            nll = token_nll.sum(dim=1)
+            counts = (target != IGNORE_INDEX).sum(dim=1)
+            for r, i in enumerate(idx):
+                results[i] = (float(nll[r]), int(counts[r]))
+            if progress is not None:
+                progress.advance(task, len(idx))
+    finally:
+        if progress is not None:
+            progress.stop()
+        model.train(was_training)
+    return results
+
+
+def reference_nll(
+    model: Any,
+    tokenizer: Any,
+    fmt: Any,
+    examples: list,
+    *,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    max_batch_tokens: int = 1024,
+) -> list[tuple[float, int]]:
+    """Per example: (summed negative log-likelihood in nats, token count) of the response tokens.
+
+    The rows are encoded exactly as in training (`PromptFormat.encode`: prompt masked, response and
+    EOS scored), teacher-forced in right-padded batches of similar length. Rows whose response was
+    truncated away count zero tokens. Perplexity of the references = exp(Σ nll / Σ tokens).
+    """
+    if not examples:
+        return []
+    config = getattr(model, "config", None)
+    limit = max_length or min(1024, int(getattr(config, "max_position_embeddings", 1024) or 1024))
+    encoded = fmt.encode_many(examples, tokenizer, limit)
+    return sequence_nll(model, tokenizer, encoded, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+
+
+def class_probabilities(model: Any, tokenizer: Any, texts: list[str], *, batch_size: int = 16,
+                        max_length: int | None = None, description: str | None = None) -> list[list[float]]:  # fmt: skip
+    """Softmax of a classifier's logits for each text: batched, padded as the tokenizer pads, truncated
+    to `max_length` as in training. `description` shows a progress bar."""
+    import torch
+
+    model.eval()
+    device = next(model.parameters()).device
+    probs: list[list[float]] = []
+    progress = make_progress() if description else None
+    try:
+        if progress is not None:
+            progress.start()
+            task = progress.add_task(description, total=len(texts), info="")
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start : start + batch_size]
+            batch = tokenizer(chunk, truncation=max_length is not None, max_length=max_length, padding=True,
+                              return_tensors="pt")  # fmt: skip
+            inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+            with torch.inference_mode():
+                logits = model(**inputs).logits
+            probs += torch.softmax(logits.float(), dim=-1).tolist()
+            if progress is not None:
+                progress.advance(task, len(chunk))
+    finally:
+        if progress is not None:
+            progress.stop()
+    return probs

@@ -1,0 +1,66 @@
+"""The one table of model kinds: what a stage trains (a causal LM, a classifier, …) and everything that
+follows from it — the transformers class, the head, how rows are batched, what peft calls the task.
+
+A stage names its kind (`Stage.model_kind`); loading, collating, freezing the head and choosing
+adapters read this table instead of branching on the name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    name: str
+    auto_class: str  # transformers Auto* class that loads it
+    peft_task_type: str  # peft's TaskType name for adapters on this kind
+    head_modules: tuple[str, ...]  # the task head (trained by `freeze`, kept by peft)
+    classifier: bool = False  # a fresh classification head: needs labels; rows are padded, never packed
+    num_labels: int | None = None  # fixed head size (a reward model's single score); None = len(labels)
+
+    def load(self, path: str, **kwargs: Any) -> Any:
+        import transformers
+
+        return getattr(transformers, self.auto_class).from_pretrained(path, **kwargs)
+
+    def head_kwargs(self, labels: list[str] | None, pad_token_id: int | None) -> dict[str, Any]:
+        """from_pretrained kwargs that size and name a classification head (nothing for an LM)."""
+        if not self.classifier:
+            return {}
+        if self.num_labels is None and not labels:
+            raise ValueError("a classification model needs its labels")
+        names = list(labels or [])
+        kwargs: dict[str, Any] = {"num_labels": self.num_labels or len(names)}
+        if names:
+            kwargs.update(id2label=dict(enumerate(names)), label2id={label: i for i, label in enumerate(names)})
+        if pad_token_id is not None:
+            kwargs["pad_token_id"] = pad_token_id  # decoder classifiers pool the last non-pad token
+        return kwargs
+
+    def collator(self, tokenizer: Any, *, padding_free: bool) -> Any:
+        from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, DataCollatorWithPadding
+
+        if self.classifier:
+            return DataCollatorWithPadding(tokenizer, return_tensors="pt")
+        if padding_free:
+            # rows are concatenated into one sequence with restarting position_ids: no FLOPs on padding,
+            # and per-row attention keeps the rows apart (checked equal to separate rows)
+            return DataCollatorWithFlattening(return_position_ids=True)
+        return DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt")
+
+
+MODEL_KINDS: dict[str, ModelKind] = {
+    k.name: k
+    for k in (
+        ModelKind("causal_lm", "AutoModelForCausalLM", "CAUSAL_LM", ("lm_head",)),
+        ModelKind("seq_cls", "AutoModelForSequenceClassification", "SEQ_CLS", ("score", "classifier", "pooler"),
+                  classifier=True),
+    )
+}  # fmt: skip
+
+
+def is_decoder_classifier(model: Any) -> bool:
+    """A classification head on a decoder LLM (pools the last token) rather than an encoder's [CLS]."""
+    return hasattr(model, "score") and not hasattr(model, "classifier")
