@@ -79,6 +79,17 @@ def build_tiny_model(directory: Path, *, seed: int = 0) -> Path:
     return directory
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """The tiny model is faster on one thread, and far faster on a busy machine (no thread contention)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))

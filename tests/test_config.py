@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.config import RunConfig, config_from_dict, dump_config, load_config, parse_overrides
+from tunelab.config import RunConfig, config_from_dict, dump_config, load_config
 from tunelab.errors import TunelabError
+from tunelab.yaml_files import parse_overrides
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -92,7 +93,7 @@ def test_data_shape_is_checked_against_the_shape_table_with_line(tmp_path):
 
 
 def test_merge_dicts_and_key_lines_are_public():
-    from tunelab.config import key_lines, merge_dicts
+    from tunelab.yaml_files import key_lines, merge_dicts
 
     base = {"data": {"train": "a", "split": {"seed": 1}}, "name": "x"}
     assert merge_dicts(base, {"data": {"split": {"seed": 2}}}) == {"data": {"train": "a", "split": {"seed": 2}},

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import RunConfig, config_dict, config_from_dict, dump_config, load_config
+from tunelab.config import RunConfig, dump_config, load_config, resolve_config
 from tunelab.errors import TunelabError
 from tunelab.progress import quiet_libraries
 from tunelab.runs.layout import RunDir
@@ -32,24 +32,6 @@ class TrainResult:
         return self.results.get("metrics", {})
 
 
-def _as_config(config: RunConfig | str | Path | dict, overrides: list[str] | None) -> RunConfig:
-    if isinstance(config, (str, Path)):
-        return load_config(config, overrides)
-    if isinstance(config, dict):
-        from tunelab.config import merge_dicts as _merge
-        from tunelab.config import parse_overrides
-
-        return config_from_dict(_merge(config, parse_overrides(overrides)))
-    if overrides:
-        from tunelab.config import merge_dicts as _merge
-        from tunelab.config import parse_overrides
-
-        cfg = config_from_dict(_merge(config_dict(config), parse_overrides(overrides)))
-        cfg._source_dir = config._source_dir
-        return cfg
-    return config
-
-
 def train(
     config: RunConfig | str | Path | dict,
     *,
@@ -58,7 +40,7 @@ def train(
 ) -> TrainResult:
     """Run one training job described by a config; returns where everything was written."""
     quiet_libraries()
-    cfg = _as_config(config, overrides)
+    cfg = resolve_config(config, overrides)
     run = RunDir(cfg.run_dir)
     if run.path.exists() and any(run.path.iterdir()):
         # a run that failed before its first checkpoint (bad data, unknown model…) holds nothing worth keeping

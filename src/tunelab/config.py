@@ -27,6 +27,7 @@ from tunelab.data.shapes import ROW_SHAPES, known_shape
 from tunelab.errors import TunelabError
 from tunelab.methods.registry import METHODS
 from tunelab.stages.registry import STAGES
+from tunelab.yaml_files import key_lines, merge_dicts, parse_overrides, read_mapping
 
 
 class Section(BaseModel):
@@ -179,25 +180,6 @@ def _did_you_mean(word: str, choices: Any) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def key_lines(text: str) -> dict[tuple[str, ...], int]:
-    """Map each dotted key path in a YAML document to its 1-based line number."""
-    lines: dict[tuple[str, ...], int] = {}
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
-        return lines
-
-    def walk(node: Any, path: tuple[str, ...]) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                p = (*path, str(key.value))
-                lines[p] = key.start_mark.line + 1
-                walk(value, p)
-
-    walk(root, ())
-    return lines
-
-
 def _section_fields(loc: tuple[Any, ...]) -> list[str]:
     """Field names valid at the location of an error (for did-you-mean on unknown keys)."""
     model: Any = RunConfig
@@ -247,40 +229,6 @@ def _format_error(err: dict[str, Any], file: str, key_lines: dict[tuple[str, ...
     return TunelabError(msg, file=file, line=line, field=key)
 
 
-def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
-    """Turn `--set training.lr=1e-4` strings into a nested dict (values parsed as YAML scalars)."""
-    tree: dict[str, Any] = {}
-    for item in overrides or []:
-        if "=" not in item:
-            raise TunelabError(f"bad --set {item!r}", expected="KEY.SUB=VALUE, e.g. training.lr=1e-4")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
-            try:
-                value = float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
-            except ValueError:
-                pass
-        node = tree
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise TunelabError(f"--set {item!r} conflicts with another --set of {part!r}")
-        node[parts[-1]] = value
-    return tree
-
-
-def merge_dicts(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """`base` with `extra` laid over it, nested mappings merged key by key (neither is changed)."""
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def config_from_dict(raw: dict[str, Any], *, file: str = "<config>", text: str | None = None) -> RunConfig:
     """Validate a config mapping; `text` (the YAML source) lets errors carry line numbers."""
     lines = key_lines(text) if text else {}
@@ -294,21 +242,24 @@ def config_from_dict(raw: dict[str, Any], *, file: str = "<config>", text: str |
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML run config, apply `--set` overrides, validate."""
     path = Path(path)
-    if not path.is_file():
-        raise TunelabError("config file not found", file=str(path), expected="a YAML run config")
-    text = path.read_text(encoding="utf-8")
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise TunelabError(
-            f"invalid YAML: {getattr(exc, 'problem', exc)}", file=str(path), line=mark.line + 1 if mark else None
-        ) from exc
-    if not isinstance(raw, dict):
-        raise TunelabError("the config must be a mapping of keys", file=str(path), line=1)
+    raw, text = read_mapping(path, "a YAML run config")
     raw = merge_dicts(raw, parse_overrides(overrides))
     cfg = config_from_dict(raw, file=str(path), text=text)
     cfg._source_dir = path.parent.resolve()  # relative data paths are read next to the config
+    return cfg
+
+
+def resolve_config(config: Any, overrides: list[str] | None = None) -> RunConfig:
+    """A RunConfig from a YAML path, a mapping or a RunConfig, with `--set` overrides applied (a
+    RunConfig keeps the folder its relative data paths resolve in)."""
+    if isinstance(config, str | Path):
+        return load_config(config, overrides)
+    if isinstance(config, dict):
+        return config_from_dict(merge_dicts(config, parse_overrides(overrides)))
+    if not overrides:
+        return config
+    cfg = config_from_dict(merge_dicts(config_dict(config), parse_overrides(overrides)))
+    cfg._source_dir = config._source_dir
     return cfg
 
 

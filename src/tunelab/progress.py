@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -37,6 +37,21 @@ def make_progress() -> Progress:
         transient=False,
         disable=quiet(),
     )
+
+
+@contextlib.contextmanager
+def progress_bar(description: str | None, total: int) -> Iterator[Callable[[int], None]]:
+    """A bar with ETA over `total` items (none when `description` is None); yields `advance(n)`."""
+    if not description:
+        yield lambda n: None
+        return
+    progress = make_progress()
+    progress.start()
+    task = progress.add_task(description, total=total, info="")
+    try:
+        yield lambda n: progress.advance(task, n)
+    finally:
+        progress.stop()
 
 
 @contextlib.contextmanager

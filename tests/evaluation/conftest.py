@@ -11,17 +11,6 @@ from evaluation.helpers import train_tiny_run
 from reporting.browser import chromium  # noqa: F401 - the fixture
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """The tiny model is faster on one thread, and far faster on a busy machine (no thread contention)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_model) -> Path:
     """A finished tiny SFT run (LoRA, 20 steps; base and tuned evaluated on 12 held-out rows). Read

@@ -50,7 +50,19 @@ def test_real_model_run_completes_with_metrics(smollm2_run):
     assert ev["trainable"] == (
         f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
     )
-    assert (smollm2_run.run_dir / "report.html").is_file()
+
+
+
+def test_real_run_report_has_every_analysis_section(smollm2_run):
+    import re
+
+    text = (smollm2_run.run_dir / "report.html").read_text(encoding="utf-8")
+    ids = re.findall(r'<section id="([^"]+)"', text)
+    assert ids == ["summary", "metrics", "plots", "figures", "analysis", "examples", "samples", "notes", "config"], ids
+    metrics = text.split('id="metrics"', 1)[1].split("</section>", 1)[0]
+    assert "ROUGE-L" in metrics and "95% CI of delta" in metrics  # base vs tuned with paired intervals
+    assert 'id="examples-table"' in text and "Worst" in text and 'alt="Token lengths' in text
+    assert 'id="analysis-error"' not in text
 
 
 def test_adapter_loads_with_plain_peft_and_gives_same_greedy_output(smollm2_run):

@@ -95,21 +95,17 @@ def eval_command(
     slice_by: str = typer.Option(None, "--slice-by", help="field to slice by (default: detected, e.g. topic)"),
 ) -> None:
     """Evaluate a run (and with --base its base model) on its held-out split or on any data file."""
-    from tunelab.evaluation.compare import BASE, compare
+    options = dict(locals())
+    from tunelab.evaluation.compare import BASE
 
-    comp = compare(
-        ([BASE] if base else []) + [str(run)],
-        data=data,
-        out_dir=out,
-        max_examples=max_examples,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        regenerate=regenerate,
-        with_perplexity=perplexity,
-        metric=metric,
-        slice_by=slice_by,
-    )
-    _print_comparison(comp)
+    models = ([BASE] if options.pop("base") else []) + [str(options.pop("run"))]
+    _compare_and_print(models, **options)
+
+
+def _compare_and_print(models: list[str], *, out: Path | None, perplexity: bool, **options: Any) -> None:
+    from tunelab.evaluation.compare import compare
+
+    _print_comparison(compare(models, out_dir=out, with_perplexity=perplexity, **options))
 
 
 def compare_command(
@@ -128,29 +124,16 @@ def compare_command(
     resamples: int = typer.Option(1000, "--resamples", min=100, help="bootstrap resamples"),
 ) -> None:
     """Run the same held-out rows through several runs (and 'base'): one table with paired bootstrap CIs, one report."""
+    options = dict(locals())
     from tunelab.errors import TunelabError
-    from tunelab.evaluation.compare import BASE, compare
+    from tunelab.evaluation.compare import BASE
 
+    runs = options.pop("runs")
     if len(runs) == 1 and runs[0] != BASE:
         runs = [BASE, runs[0]]  # one run: compare it with its base model
     if not runs:
         raise TunelabError("no runs given", expected="tunelab compare RUN_A [RUN_B …] [base]")
-    comp = compare(
-        runs,
-        data=data,
-        out_dir=out,
-        baseline=baseline,
-        max_examples=max_examples,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        regenerate=regenerate,
-        with_perplexity=perplexity,
-        metric=metric,
-        worst=worst,
-        slice_by=slice_by,
-        resamples=resamples,
-    )
-    _print_comparison(comp)
+    _compare_and_print(runs, **options)
 
 
 def cv_command(

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunelab.data.problems import ERROR, DataErrors, Problem
@@ -38,6 +37,7 @@ from tunelab.data.shapes import (
 from tunelab.data.sources import Row, resolve_source
 from tunelab.data.splits import read_source
 from tunelab.errors import TunelabError
+from tunelab.yaml_files import key_lines, merge_dicts, parse_overrides, read_mapping
 
 OUTPUT_SHAPES = tuple(name for name, s in ROW_SHAPES.items() if s.kind != "classification")  # rows `to` can write
 _SHAREGPT_FROM = {"user": "human", "assistant": "gpt", "system": "system"}
@@ -136,23 +136,11 @@ class PrepareResult:
 def load_prepare_config(path: str | Path, overrides: list[str] | None = None) -> tuple[PrepareConfig, Path | None]:
     """A prepare YAML (or a data file, all options then from `--set`); returns it and the folder that
     relative input paths are read from."""
-    from tunelab.config import key_lines, merge_dicts, parse_overrides
-
     path = Path(path)
     extra = parse_overrides(overrides)
     if path.suffix.lower() not in (".yaml", ".yml"):
         return _validate({"input": str(path), **extra}, "--set", {}), None
-    if not path.is_file():
-        raise TunelabError("config file not found", file=str(path), expected="a YAML prepare config")
-    text = path.read_text(encoding="utf-8")
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise TunelabError(f"invalid YAML: {getattr(exc, 'problem', exc)}", file=str(path),
-                           line=mark.line + 1 if mark else None) from None  # fmt: skip
-    if not isinstance(raw, dict):
-        raise TunelabError("the config must be a mapping of keys", file=str(path), line=1)
+    raw, text = read_mapping(path, "a YAML prepare config")
     return _validate(merge_dicts(raw, extra), str(path), key_lines(text)), path.parent.resolve()
 
 

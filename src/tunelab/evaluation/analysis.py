@@ -168,18 +168,6 @@ def analyse(
         "perplexity is of the reference responses (teacher-forced), lower is better",
         *(notes or []),
     ]
-    return Comparison(
-        out_dir=out_dir,
-        models=[r.name for r in results],
-        baseline=baseline,
-        data=rows,
-        primary=primary,
-        table=table,
-        regressions=regressions,
-        worst=worst_rows,
-        slices=sliced,
-        counts=counts,
-        notes=all_notes,
-        report=out_dir / "report.html",
-        results=by_name,
-    )
+    return Comparison(out_dir=out_dir, models=[r.name for r in results], baseline=baseline, data=rows, primary=primary,
+                      table=table, regressions=regressions, worst=worst_rows, slices=sliced, counts=counts,
+                      notes=all_notes, report=out_dir / "report.html", results=by_name)  # fmt: skip

@@ -238,7 +238,9 @@ def bench(
     from tunelab.evaluation import bootstrap as B
     from tunelab.evaluation.scoring import interval_table
     from tunelab.progress import info, quiet_libraries
-    from tunelab.runs import BASE, load_run, run_config, write_json_atomic, write_predictions
+    from tunelab.runs.artifacts import BASE, write_predictions
+    from tunelab.runs.layout import write_json_atomic
+    from tunelab.runs.loading import load_run, run_config
 
     quiet_libraries()
     items, label = load_task(task, limit=limit)
@@ -288,7 +290,7 @@ def bench(
 
 def _prediction(k: int, item: MCItem, models: dict[str, dict[str, Any]]) -> Any:
     """Question ``k`` as a predictions row: each model's pick, acc / acc_norm, and how it chose."""
-    from tunelab.runs import Prediction
+    from tunelab.runs.artifacts import Prediction
 
     rows = {name: m["rows"][k] for name, m in models.items()}
     return Prediction(
@@ -360,7 +362,7 @@ def run_harness(run_dir: str | Path, task: str, *, limit: int | None = None, bat
     from lm_eval import simple_evaluate  # type: ignore[import-not-found]
     from lm_eval.models.huggingface import HFLM  # type: ignore[import-not-found]
 
-    from tunelab.runs import load_run
+    from tunelab.runs.loading import load_run
 
     loaded = load_run(run_dir)
     lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size)

@@ -39,7 +39,9 @@ from tunelab.evaluation.rows import EvalData, file_data, held_out_data
 from tunelab.evaluation.scoring import PER_EXAMPLE, score
 from tunelab.evaluation.views import comparison_view
 from tunelab.reporting import Report
-from tunelab.runs import BASE, Prediction, run_config, write_json_atomic, write_predictions
+from tunelab.runs.artifacts import BASE, Prediction, write_predictions
+from tunelab.runs.layout import write_json_atomic
+from tunelab.runs.loading import run_config
 
 __all__ = [
     "BASE",
@@ -137,19 +139,8 @@ def compare(
         "bootstrap resamples": resamples,
         "seed": seed,
     }
-    comp = analyse(
-        results,
-        rows,
-        baseline=baseline,
-        primary=primary,
-        generative=generative,
-        worst=worst,
-        slice_by=slice_by,
-        resamples=resamples,
-        seed=seed,
-        out_dir=out,
-        notes=notes,
-    )
+    comp = analyse(results, rows, baseline=baseline, primary=primary, generative=generative, worst=worst,
+                   slice_by=slice_by, resamples=resamples, seed=seed, out_dir=out, notes=notes)  # fmt: skip
     write_json_atomic(out / "comparison.json", {**comp.to_json(), "settings": settings})
     _write_csv(out / "comparison.csv", rows, results)
     write_predictions(out / "predictions.jsonl", _prediction_rows(rows, results))

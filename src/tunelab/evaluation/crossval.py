@@ -53,25 +53,6 @@ def make_folds(examples: list, k: int, seed: int = 42) -> list[list[int]]:
     return [sorted(f) for f in folds]
 
 
-def _run_config(config: Any, overrides: list[str] | None) -> Any:
-    """The RunConfig of a config file, a mapping or a RunConfig, with ``--set`` overrides applied."""
-    from tunelab.config import config_dict, config_from_dict, load_config, parse_overrides
-
-    if isinstance(config, str | Path):
-        return load_config(config, overrides)
-    if not overrides and not isinstance(config, dict):
-        return config
-    raw = config if isinstance(config, dict) else config_dict(config)
-    cfg = config_from_dict(_merged(raw, parse_overrides(overrides)))
-    cfg._source_dir = getattr(config, "_source_dir", None)
-    return cfg
-
-
-def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    return {**base, **{k: _merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-                       for k, v in extra.items()}}  # fmt: skip
-
-
 def _raw_row(example: Any) -> dict[str, Any]:
     """The example back as a row of its own shape (column mapping already applied)."""
     meta = dict(example.meta or {})
@@ -130,12 +111,12 @@ def cross_validate(
 ) -> dict[str, Any]:
     """Run K-fold cross-validation of a run config (path, dict or RunConfig); returns the summary."""
     from tunelab import api
-    from tunelab.config import config_dict, config_from_dict
+    from tunelab.config import config_dict, config_from_dict, resolve_config
     from tunelab.data.splits import load_examples
     from tunelab.progress import info
-    from tunelab.runs import write_json_atomic, write_jsonl_atomic
+    from tunelab.runs.layout import write_json_atomic, write_jsonl_atomic
 
-    cfg = _run_config(config, overrides)
+    cfg = resolve_config(config, overrides)
     source_dir = cfg._source_dir
     d = cfg.data
     examples, shape, _ = load_examples(d.train, columns=d.columns or None, shape=d.shape, base_dir=source_dir)

@@ -10,7 +10,7 @@ from tunelab.evaluation.metrics import generation_metrics, perplexity
 from tunelab.inference.decoding import generate_from_ids
 from tunelab.inference.prompts import display_input
 from tunelab.inference.scoring import reference_nll
-from tunelab.runs import BASE, TUNED, Prediction
+from tunelab.runs.artifacts import BASE, TUNED, Prediction
 
 __all__ = ["evaluate_generation", "prediction_rows"]
 

@@ -14,7 +14,8 @@ from typing import Any
 from tunelab.errors import TunelabError
 from tunelab.evaluation.rows import EvalData
 from tunelab.progress import info
-from tunelab.runs import BASE, TUNED, Prediction, load_run, read_predictions, run_config
+from tunelab.runs.artifacts import BASE, TUNED, Prediction, read_predictions
+from tunelab.runs.loading import load_run, run_config
 
 __all__ = ["ModelResult", "fill_from_predictions", "model_names", "reuse", "run_models"]
 

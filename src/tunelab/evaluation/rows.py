@@ -9,7 +9,8 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab.inference.prompts import display_input
-from tunelab.runs import Prediction, run_config
+from tunelab.runs.artifacts import Prediction
+from tunelab.runs.loading import run_config
 
 __all__ = ["EvalData", "eval_data", "file_data", "held_out_data", "predictions_data"]
 

@@ -32,7 +32,8 @@ from tunelab.reporting import (
     Section,
     Summary,
 )
-from tunelab.runs import BASE, TUNED, RunDir, read_predictions
+from tunelab.runs.artifacts import BASE, TUNED, read_predictions
+from tunelab.runs.layout import RunDir
 
 __all__ = ["metrics_table", "run_report_extras", "write_run_report"]
 

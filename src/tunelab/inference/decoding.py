@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunelab.methods.base import uses_virtual_tokens
-from tunelab.progress import make_progress
+from tunelab.progress import progress_bar
 
 
 @dataclass
@@ -92,29 +92,23 @@ def decode(model: Any, tokenizer: Any, rows: list[Sequence], *, batch_size: int 
     shrinking = supports_shrinking(model)
     was_training = model.training
     model.eval()
-    progress = make_progress() if show_progress else None
     try:
-        if progress is not None:
-            progress.start()
-            task = progress.add_task(description, total=len(rows), info="")
-        for start in range(0, len(order), batch_size):
-            batch = [rows[i] for i in order[start : start + batch_size]]
-            for row in batch:
-                _prepare(row)
-            live = [r for r in batch if r.finish_reason is None]
-            if shrinking:
-                _decode_shrinking(model, tokenizer, live, eos)
-            else:
-                for group in _same_sampling(live):
-                    _decode_with_generate(model, tokenizer, group, eos)
-            for row in batch:
-                if row.finish_reason is None:  # only a model-wide limit can leave a row unfinished
-                    _finish(row, "length", tokenizer)
-            if progress is not None:
-                progress.advance(task, len(batch))
+        with progress_bar(description if show_progress else None, len(rows)) as advance:
+            for start in range(0, len(order), batch_size):
+                batch = [rows[i] for i in order[start : start + batch_size]]
+                for row in batch:
+                    _prepare(row)
+                live = [r for r in batch if r.finish_reason is None]
+                if shrinking:
+                    _decode_shrinking(model, tokenizer, live, eos)
+                else:
+                    for group in _same_sampling(live):
+                        _decode_with_generate(model, tokenizer, group, eos)
+                for row in batch:
+                    if row.finish_reason is None:  # only a model-wide limit can leave a row unfinished
+                        _finish(row, "length", tokenizer)
+                advance(len(batch))
     finally:
-        if progress is not None:
-            progress.stop()
         model.train(was_training)
     return rows
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunelab.progress import make_progress
+from tunelab.progress import progress_bar
 
 
 def sequence_nll(
@@ -15,56 +15,50 @@ def sequence_nll(
     """Per row of {input_ids, labels}: (summed negative log-likelihood in nats, scored token count) of
     the tokens whose label is not IGNORE_INDEX, teacher-forced in right-padded batches of similar
     length (longest first, at most max_batch_tokens per batch). `description` shows a progress bar."""
-    import torch
-
-    from tunelab.data.templates import IGNORE_INDEX
-
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
     results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    progress = make_progress() if description else None
     try:
-        if progress is not None:
-            progress.start()
-            task = progress.add_task(description, total=len(rows), info="")
-        start = 0
-        while start < len(order):
-            width = len(rows[order[start]]["input_ids"])
-            n_rows = max(1, min(batch_size, max_batch_tokens // max(width, 1)))
-            idx = order[start : start + n_rows]
-            start += len(idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            labels = torch.full((len(idx), width), IGNORE_INDEX, dtype=torch.long)
-            for r, i in enumerate(idx):
-                n = len(rows[i]["input_ids"])
-                ids[r, :n] = torch.tensor(rows[i]["input_ids"], dtype=torch.long)
-                mask[r, :n] = 1
-                labels[r, :n] = torch.tensor(rows[i]["labels"], dtype=torch.long)
-            with torch.inference_mode():
-                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            logits = logits[:, -width:]  # prompt-learning adapters prepend virtual-token positions
-            target = labels[:, 1:].to(device)
-            token_nll = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]),
-                target.reshape(-1),
-                ignore_index=IGNORE_INDEX,
-                reduction="none",
-            ).view(target.shape)
-            nll = token_nll.sum(dim=1)
-            counts = (target != IGNORE_INDEX).sum(dim=1)
-            for r, i in enumerate(idx):
-                results[i] = (float(nll[r]), int(counts[r]))
-            if progress is not None:
-                progress.advance(task, len(idx))
+        with progress_bar(description, len(rows)) as advance:
+            start = 0
+            while start < len(order):
+                width = len(rows[order[start]]["input_ids"])
+                idx = order[start : start + max(1, min(batch_size, max_batch_tokens // max(width, 1)))]
+                start += len(idx)
+                for i, value in zip(idx, _batch_nll(model, [rows[i] for i in idx], width, pad, device), strict=True):
+                    results[i] = value
+                advance(len(idx))
     finally:
-        if progress is not None:
-            progress.stop()
         model.train(was_training)
     return results
+
+
+def _batch_nll(model: Any, rows: list[dict], width: int, pad: int, device: Any) -> list[tuple[float, int]]:
+    """(Σ nll, scored tokens) of each row of one right-padded batch."""
+    import torch
+
+    from tunelab.data.templates import IGNORE_INDEX
+
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    for r, row in enumerate(rows):
+        n = len(row["input_ids"])
+        ids[r, :n] = torch.tensor(row["input_ids"], dtype=torch.long)
+        mask[r, :n] = 1
+        labels[r, :n] = torch.tensor(row["labels"], dtype=torch.long)
+    with torch.inference_mode():
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+    logits = logits[:, -width:]  # prompt-learning adapters prepend virtual-token positions
+    target = labels[:, 1:].to(device)
+    token_nll = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+    ).view(target.shape)
+    nll, counts = token_nll.sum(dim=1), (target != IGNORE_INDEX).sum(dim=1)
+    return [(float(nll[r]), int(counts[r])) for r in range(len(rows))]
 
 
 def reference_nll(
@@ -100,11 +94,7 @@ def class_probabilities(model: Any, tokenizer: Any, texts: list[str], *, batch_s
     model.eval()
     device = next(model.parameters()).device
     probs: list[list[float]] = []
-    progress = make_progress() if description else None
-    try:
-        if progress is not None:
-            progress.start()
-            task = progress.add_task(description, total=len(texts), info="")
+    with progress_bar(description, len(texts)) as advance:
         for start in range(0, len(texts), batch_size):
             chunk = texts[start : start + batch_size]
             batch = tokenizer(chunk, truncation=max_length is not None, max_length=max_length, padding=True,
@@ -113,9 +103,5 @@ def class_probabilities(model: Any, tokenizer: Any, texts: list[str], *, batch_s
             with torch.inference_mode():
                 logits = model(**inputs).logits
             probs += torch.softmax(logits.float(), dim=-1).tolist()
-            if progress is not None:
-                progress.advance(task, len(chunk))
-    finally:
-        if progress is not None:
-            progress.stop()
+            advance(len(chunk))
     return probs

@@ -40,57 +40,35 @@ class PrefixOptions(BaseModel):
     encoder_hidden_size: int = Field(128, gt=0)
 
 
-def _apply_prompt(model: Any, options: PromptOptions, kind: Any) -> Any:
-    from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
+def _peft_config(options: Any, kind: Any, model_path: str) -> Any:
+    """The peft prompt-learning config for one method's options (each option maps onto peft's name)."""
+    import peft
 
-    kwargs: dict[str, Any] = {}
-    if options.init_text:
-        kwargs = {
-            "prompt_tuning_init": PromptTuningInit.TEXT,
-            "prompt_tuning_init_text": options.init_text,
-            "tokenizer_name_or_path": model.config._name_or_path,
-        }
-    config = PromptTuningConfig(task_type=kind.peft_task_type, num_virtual_tokens=options.num_virtual_tokens, **kwargs)
-    return get_peft_model(model, config)
-
-
-def _apply_ptuning(model: Any, options: PtuningOptions, kind: Any) -> Any:
-    from peft import PromptEncoderConfig, get_peft_model
-
-    config = PromptEncoderConfig(
-        task_type=kind.peft_task_type,
-        num_virtual_tokens=options.num_virtual_tokens,
-        encoder_hidden_size=options.encoder_hidden_size,
-        encoder_reparameterization_type=options.encoder_type,
-    )
-    return get_peft_model(model, config)
+    common = {"task_type": kind.peft_task_type, "num_virtual_tokens": options.num_virtual_tokens}
+    if isinstance(options, PromptOptions):
+        if not options.init_text:
+            return peft.PromptTuningConfig(**common)
+        # peft tokenizes the init text with the model's own tokenizer
+        return peft.PromptTuningConfig(**common, prompt_tuning_init=peft.PromptTuningInit.TEXT,
+                                       prompt_tuning_init_text=options.init_text, tokenizer_name_or_path=model_path)
+    if isinstance(options, PtuningOptions):
+        return peft.PromptEncoderConfig(**common, encoder_hidden_size=options.encoder_hidden_size,
+                                        encoder_reparameterization_type=options.encoder_type)  # fmt: skip
+    return peft.PrefixTuningConfig(**common, prefix_projection=options.prefix_projection,
+                                   encoder_hidden_size=options.encoder_hidden_size)  # fmt: skip
 
 
-def _apply_prefix(model: Any, options: PrefixOptions, kind: Any) -> Any:
-    from peft import PrefixTuningConfig, get_peft_model
+def _apply(model: Any, options: Any, kind: Any) -> Any:
+    from peft import get_peft_model
 
-    config = PrefixTuningConfig(
-        task_type=kind.peft_task_type,
-        num_virtual_tokens=options.num_virtual_tokens,
-        prefix_projection=options.prefix_projection,
-        encoder_hidden_size=options.encoder_hidden_size,
-    )
-    return get_peft_model(model, config)
+    return get_peft_model(model, _peft_config(options, kind, model.config._name_or_path))
 
 
-def _method(name: str, summary: str, options: type[BaseModel], apply: Any) -> Method:
-    return Method(
-        name=name,
-        summary=summary,
-        options=options,
-        apply=apply,
-        load=load_adapter,
-        weights_dir="adapter",
-        virtual_tokens=True,
-        mergeable=False,
-    )
+def _method(name: str, summary: str, options: type[BaseModel]) -> Method:
+    return Method(name=name, summary=summary, options=options, apply=_apply, load=load_adapter, weights_dir="adapter",
+                  virtual_tokens=True, mergeable=False)  # fmt: skip
 
 
-PROMPT = _method("prompt", "prompt tuning: trainable virtual token embeddings", PromptOptions, _apply_prompt)
-PTUNING = _method("ptuning", "P-tuning: virtual tokens from a prompt encoder", PtuningOptions, _apply_ptuning)
-PREFIX = _method("prefix", "prefix tuning: trainable attention key/value prefixes", PrefixOptions, _apply_prefix)
+PROMPT = _method("prompt", "prompt tuning: trainable virtual token embeddings", PromptOptions)
+PTUNING = _method("ptuning", "P-tuning: virtual tokens from a prompt encoder", PtuningOptions)
+PREFIX = _method("prefix", "prefix tuning: trainable attention key/value prefixes", PrefixOptions)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tunelab.reporting.format import DASH, config_yaml, esc, fmt_value
 
@@ -25,11 +25,27 @@ _MIME = {
 }
 
 
+@dataclass(kw_only=True)
 class Section:
-    """What `Report` needs of a section: ``id``, ``title``, ``body()``; ``script`` when it needs one."""
+    """What `Report` needs of a section: ``id``, ``title``, ``body()``; ``script`` when it needs one.
 
-    id: str
-    title: str
+    A subclass names its default heading and anchor in its class line
+    (``class Notes(Section, title="Notes", id="notes")``); a caller may give others per instance.
+    """
+
+    title: str = ""
+    id: str = ""
+    default_title: ClassVar[str] = ""
+    default_id: ClassVar[str] = ""
+
+    def __init_subclass__(cls, *, title: str = "", id: str = "", **kwargs: Any) -> None:  # noqa: A002
+        super().__init_subclass__(**kwargs)
+        cls.default_title = title or cls.default_title
+        cls.default_id = id or cls.default_id
+
+    def __post_init__(self) -> None:
+        self.title = self.title or self.default_title
+        self.id = self.id or self.default_id
 
     def body(self) -> str:  # pragma: no cover - every section overrides it
         raise NotImplementedError
@@ -48,12 +64,10 @@ def muted(text: str) -> str:
 
 
 @dataclass
-class Summary(Section):
+class Summary(Section, title="Summary", id="summary"):
     """Key → value rows (numbers formatted, everything escaped)."""
 
     items: dict[str, Any] = field(default_factory=dict)
-    title: str = "Summary"
-    id: str = "summary"
 
     def body(self) -> str:
         if not self.items:
@@ -63,12 +77,10 @@ class Summary(Section):
 
 
 @dataclass
-class Figures(Section):
+class Figures(Section, title="Training curves", id="plots"):
     """Images embedded as data URIs, ``{caption: image path}``; a missing or empty file is named, not shown."""
 
     images: dict[str, Path] = field(default_factory=dict)
-    title: str = "Training curves"
-    id: str = "plots"
     empty: str = "No plots."
 
     def body(self) -> str:
@@ -96,13 +108,11 @@ class Figures(Section):
 
 
 @dataclass
-class Samples(Section):
+class Samples(Section, title="Samples", id="samples"):
     """A few rows shown whole: the usual columns first, then any other key in first-seen order."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     columns: tuple[str, ...] = ("input", "reference", "base", "tuned")
-    title: str = "Samples"
-    id: str = "samples"
 
     def body(self) -> str:
         if not self.rows:
@@ -119,10 +129,8 @@ class Samples(Section):
 
 
 @dataclass
-class Notes(Section):
+class Notes(Section, title="Notes", id="notes"):
     items: list[str] = field(default_factory=list)
-    title: str = "Notes"
-    id: str = "notes"
 
     def body(self) -> str:
         if not self.items:
@@ -131,13 +139,11 @@ class Notes(Section):
 
 
 @dataclass
-class Notice(Section):
+class Notice(Section, title="Notice", id="notice"):
     """Something the reader must not miss, e.g. a part of the report that could not be computed."""
 
     message: str = ""
     detail: str = ""  # e.g. the error, shown verbatim
-    title: str = "Notice"
-    id: str = "notice"
 
     def body(self) -> str:
         detail = f"<br><code>{esc(self.detail)}</code>" if self.detail else ""
@@ -145,12 +151,10 @@ class Notice(Section):
 
 
 @dataclass
-class ConfigDump(Section):
+class ConfigDump(Section, title="Config", id="config"):
     """A config rendered as YAML (Paths, enums, pydantic models made plain)."""
 
     config: dict[str, Any] = field(default_factory=dict)
-    title: str = "Config"
-    id: str = "config"
 
     def body(self) -> str:
         return f"<pre>{esc(config_yaml(self.config))}</pre>"

@@ -63,12 +63,10 @@ class MetricRow:
 
 
 @dataclass
-class MetricsTable(Section):
+class MetricsTable(Section, title="Metrics", id="metrics"):
     """Base, tuned and their difference per metric; a 95% CI column when any row has an interval."""
 
     rows: list[MetricRow] = field(default_factory=list)
-    title: str = "Metrics"
-    id: str = "metrics"
 
     def body(self) -> str:
         if not self.rows:
@@ -114,7 +112,7 @@ class ComparisonRow:
 
 
 @dataclass
-class ComparisonTable(Section):
+class ComparisonTable(Section, title="Metrics", id="comparison"):
     """Models side by side, each value with its 95% interval; every other model's difference from the
     baseline with its paired interval, green/red only where that interval excludes zero."""
 
@@ -123,8 +121,6 @@ class ComparisonTable(Section):
     rows: list[ComparisonRow] = field(default_factory=list)
     n: int | None = None
     resamples: int | None = None
-    title: str = "Metrics"
-    id: str = "comparison"
 
     def body(self) -> str:
         models = [str(m) for m in self.models]
@@ -175,12 +171,10 @@ class ConfusionMatrix:
 
 
 @dataclass
-class ConfusionMatrices(Section):
+class ConfusionMatrices(Section, title="Confusion matrix", id="confusion"):
     """One confusion matrix per model (``""``: a single matrix without a caption)."""
 
     matrices: dict[str, ConfusionMatrix] = field(default_factory=dict)
-    title: str = "Confusion matrix"
-    id: str = "confusion"
 
     def body(self) -> str:
         parts = []
@@ -235,10 +229,8 @@ class StaticTable:
 
 
 @dataclass
-class StaticTables(Section):
+class StaticTables(Section, title="Error analysis", id="analysis"):
     tables: list[StaticTable] = field(default_factory=list)
-    title: str = "Error analysis"
-    id: str = "analysis"
 
     def body(self) -> str:
         return "\n".join(t.html() for t in self.tables)
@@ -251,7 +243,7 @@ class ExampleRow:
 
 
 @dataclass
-class ExamplesTable(Section):
+class ExamplesTable(Section, title="Per-example results", id="examples"):
     """Every example, sortable by any column and filterable by text and flag in the page (one small
     script, which only reads and reorders the table; at most one such table per page). Initial state
     can come from the URL fragment: ``#q=TEXT&flag=regression&sort=COL&desc=1``."""
@@ -260,8 +252,6 @@ class ExamplesTable(Section):
     rows: list[ExampleRow] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)  # the flag selector's choices (none: no selector)
     primary: str | None = None  # the per-example metric the flags compare, for the hint
-    title: str = "Per-example results"
-    id: str = "examples"
 
     @property
     def script(self) -> str | None:

@@ -17,216 +17,23 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import queue
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tunelab.inference.decoding import SamplingOptions, Sequence, context_length, decode
+from tunelab.inference.decoding import SamplingOptions, Sequence
 from tunelab.inference.prompts import prompt_ids
+from tunelab.serve.engine import Engine, Job
+from tunelab.serve.schemas import ApiError, ChatRequest, CompletionRequest, SamplingBody, validation_message
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
-
-
-# -- errors --------------------------------------------------------------------------------------
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-
-# -- request bodies ------------------------------------------------------------------------------
-
-
-class _Body(BaseModel):
-    # unknown fields from newer clients are ignored; the ones we cannot honour are refused below
-    model_config = ConfigDict(extra="allow")
-
-
-class TextPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: Literal["text"]
-    text: str
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
-
-    def text(self) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(p.text for p in self.content)
-
-
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    include_usage: bool = False
-
-
-class _Sampling(_Body):
-    model: str | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, ge=0, le=1)
-    n: int | None = Field(None, ge=1)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    logprobs: bool | int | None = None
-
-    def stops(self) -> list[str]:
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if len(stops) > 4:
-            raise ApiError(400, "stop: at most 4 stop sequences", param="stop")
-        if any(not s for s in stops):
-            raise ApiError(400, "stop: stop sequences must be non-empty", param="stop")
-        return stops
-
-    def check_supported(self) -> None:
-        if self.n not in (None, 1):
-            raise ApiError(400, "n: only n=1 is supported", param="n")
-        if self.logprobs:
-            raise ApiError(400, "logprobs: not supported by this server", param="logprobs")
-
-
-class ChatRequest(_Sampling):
-    messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    tools: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
-
-    def check_supported(self) -> None:
-        super().check_supported()
-        if self.tools:
-            raise ApiError(400, "tools: tool calling is not supported by this server", param="tools")
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise ApiError(400, "response_format: only {'type': 'text'} is supported", param="response_format")
-        if self.messages[-1].role == "assistant":
-            raise ApiError(400, "messages: the last message must be a user or system message", param="messages")
-
-
-class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int]
-    echo: bool = False
-    suffix: str | None = None
-    best_of: int | None = None
-
-    def check_supported(self) -> None:
-        super().check_supported()
-        if self.echo:
-            raise ApiError(400, "echo: not supported by this server", param="echo")
-        if self.suffix:
-            raise ApiError(400, "suffix: not supported by this server", param="suffix")
-        if self.best_of not in (None, 1):
-            raise ApiError(400, "best_of: only 1 is supported", param="best_of")
-
-
-def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err.get("loc", ()) if not str(p).startswith("function-"))
-    msg = err.get("msg", "invalid value")
-    if err.get("type") == "missing":
-        msg = "required field is missing"
-    return (f"{loc}: {msg}" if loc else msg), (loc or None)
-
-
-# -- the worker ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Job:
-    prompt_ids: list[int]
-    options: SamplingOptions
-    emit: Callable[[tuple], None]  # called from the worker thread: ("text", s) / ("done", row) / ("error", msg)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-
-
-class Engine:
-    """Owns the model; decodes queued jobs in batches on one thread."""
-
-    def __init__(self, loaded: Any, *, max_batch: int = 8, max_queue: int = 64) -> None:
-        self.loaded = loaded
-        self.max_batch = max(1, max_batch)
-        self.jobs: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
-        self.context = context_length(loaded.model)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.batches = 0  # how many batches were decoded (for tests and stats)
-        self.largest_batch = 0
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="tunelab-engine", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
-        while True:  # requests still queued get an answer instead of waiting forever
-            try:
-                self.jobs.get_nowait().emit(("error", "the server is shutting down"))
-            except queue.Empty:
-                break
-
-    def submit(self, job: Job) -> None:
-        try:
-            self.jobs.put_nowait(job)
-        except queue.Full:
-            raise ApiError(503, "the server is busy (request queue full); retry shortly",
-                           type_="server_error", code="server_busy") from None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                first = self.jobs.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            batch = [first]
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self.jobs.get_nowait())
-                except queue.Empty:
-                    break
-            batch = [j for j in batch if not j.cancelled.is_set()]
-            if not batch:
-                continue
-            self.batches += 1
-            self.largest_batch = max(self.largest_batch, len(batch))
-            rows = [
-                Sequence(j.prompt_ids, j.options, on_text=lambda s, j=j: j.emit(("text", s)),
-                         cancelled=j.cancelled.is_set)
-                for j in batch
-            ]
-            try:
-                decode(self.loaded.model, self.loaded.tokenizer, rows, batch_size=len(rows))
-            except Exception as exc:  # noqa: BLE001 - a failed batch fails its requests, not the server
-                for j in batch:
-                    j.emit(("error", f"{type(exc).__name__}: {exc}"))
-                continue
-            for j, row in zip(batch, rows, strict=True):
-                j.emit(("done", row))
 
 
 # -- the app -------------------------------------------------------------------------------------
@@ -306,12 +113,12 @@ def create_app(loaded: Any, *, api_key: str | None = None, model_id: str | None 
         try:
             body = cls.model_validate(data)
         except ValidationError as exc:
-            message, param = _validation_message(exc)
+            message, param = validation_message(exc)
             raise ApiError(400, message, param=param) from None
         body.check_supported()
         return body
 
-    def sampling(body: _Sampling, n_prompt: int, requested: int | None) -> SamplingOptions:
+    def sampling(body: SamplingBody, n_prompt: int, requested: int | None) -> SamplingOptions:
         limit = engine.context
         if limit is not None and n_prompt >= limit:
             raise ApiError(400, f"the prompt is {n_prompt} tokens; this model's maximum context length is {limit} "

@@ -133,13 +133,6 @@ def _write_predictions(ctx: Context, examples: list, labels: list[str], base: An
     write_predictions(ctx.run.predictions, rows)
 
 
-STAGE = Stage(
-    name="classify",
-    summary="sequence classification with a classification head",
-    run=run,
-    model_kind="seq_cls",
-    shapes=("classification",),
-    loss="classification",
-    headline_metrics=("accuracy", "macro_f1"),
-    options=ClassifyOptions,
-)
+STAGE = Stage(name="classify", summary="sequence classification with a classification head", run=run,
+              model_kind="seq_cls", shapes=("classification",), loss="classification",
+              headline_metrics=("accuracy", "macro_f1"), options=ClassifyOptions)  # fmt: skip

@@ -77,12 +77,5 @@ def run(ctx: Context) -> dict[str, Any]:
     return write_results(ctx, trained, base=base, tuned=tuned, n_test=len(test_rows))
 
 
-STAGE = Stage(
-    name="pretrain",
-    summary="continued pretraining on raw text (packed blocks)",
-    run=run,
-    model_kind="causal_lm",
-    shapes=("text",),
-    loss="causal_lm",
-    headline_metrics=("perplexity", "eval_loss"),
-)
+STAGE = Stage(name="pretrain", summary="continued pretraining on raw text (packed blocks)", run=run,
+              model_kind="causal_lm", shapes=("text",), loss="causal_lm", headline_metrics=("perplexity", "eval_loss"))

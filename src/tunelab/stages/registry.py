@@ -7,11 +7,10 @@ from __future__ import annotations
 from tunelab.stages import classify, pretrain, sft
 from tunelab.stages.base import Stage
 
-STAGES: dict[str, Stage] = {
-    s.name: s
-    for s in (
-        sft.STAGE,
-        pretrain.STAGE,
-        classify.STAGE,
-    )
-}
+STAGES: dict[str, Stage] = {}
+for stage in (
+    sft.STAGE,
+    pretrain.STAGE,
+    classify.STAGE,
+):
+    STAGES[stage.name] = stage

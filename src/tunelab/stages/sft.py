@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunelab.data.shapes import ROW_SHAPES
 from tunelab.data.templates import PromptFormat
 from tunelab.evaluation.generation_eval import evaluate_generation, prediction_rows
 from tunelab.evaluation.metrics import HEADLINE_METRICS
@@ -86,12 +87,6 @@ def run(ctx: Context) -> dict[str, Any]:
     )
 
 
-STAGE = Stage(
-    name="sft",
-    summary="supervised instruction tuning on prompt/response rows",
-    run=run,
-    model_kind="causal_lm",
-    shapes=("qa", "alpaca", "prompt_completion", "input_output", "messages", "conversations"),
-    loss="causal_lm",
-    headline_metrics=tuple(HEADLINE_METRICS),
-)
+STAGE = Stage(name="sft", summary="supervised instruction tuning on prompt/response rows", run=run,
+              model_kind="causal_lm", loss="causal_lm", headline_metrics=tuple(HEADLINE_METRICS),
+              shapes=tuple(name for name, shape in ROW_SHAPES.items() if shape.kind in ("pair", "chat")))  # fmt: skip
