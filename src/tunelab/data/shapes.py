@@ -22,7 +22,7 @@ class RowShape:
     required: tuple[str, ...]  # the fields a row must have: detection picks the first shape with all of them
     prompt_field: str | None  # pair shapes: the field a prompt-only row needs (batch generation)
     response_field: str | None  # pair shapes: the field the model learns to write
-    kind: str  # "pair" | "chat" | "classification" | "text": how a row becomes an Example
+    kind: str  # "pair" | "chat" | "preference" | "classification" | "text": how a row becomes an Example
     description: str  # human name with its fields, for notes and error messages
 
 
@@ -34,6 +34,8 @@ ROW_SHAPES: dict[str, RowShape] = {
                  "question/answer (fields question, answer)"),
         RowShape("alpaca", ("instruction", "input", "output"), ("instruction", "output"), "instruction", "output",
                  "pair", "Alpaca instruction (fields instruction, input (optional), output)"),
+        RowShape("preference", ("prompt", "chosen", "rejected"), ("prompt", "chosen", "rejected"), "prompt", "chosen",
+                 "preference", "preference pair (fields prompt, chosen, rejected)"),
         RowShape("prompt_completion", ("prompt", "completion"), ("prompt", "completion"), "prompt", "completion",
                  "pair", "prompt/completion (fields prompt, completion)"),
         RowShape("input_output", ("input", "output"), ("input", "output"), "input", "output", "pair",
@@ -194,6 +196,26 @@ def _pair(row: dict, spec: RowShape, where: dict) -> Built:
     return fields, messages, None
 
 
+def _preference(row: dict, spec: RowShape, where: dict) -> Built:
+    """A prompt with a preferred and a dispreferred response; `messages` is the chosen conversation (the
+    rejected one is the same prompt with `fields["rejected"]`, see `rejected_example`)."""
+    fields = {name: _string(row, name, **where) for name in spec.fields}
+    if fields["chosen"] == fields["rejected"]:
+        raise TunelabError("is the same text as chosen, so the pair prefers nothing", **where, field="rejected",
+                           expected="two different responses", kind="empty_field")  # fmt: skip
+    messages = [{"role": "user", "content": fields["prompt"]}, {"role": "assistant", "content": fields["chosen"]}]
+    return fields, messages, None
+
+
+def rejected_example(example: Example) -> Example:
+    """The dispreferred side of a preference pair, as an Example of the same prompt (in its response field
+    too, so a custom template's `{chosen}` renders it)."""
+    rejected = example.fields["rejected"]
+    messages = [*(example.messages or [])[:-1], {"role": "assistant", "content": rejected}]
+    return Example(example.shape, {**example.fields, "chosen": rejected}, messages, example.text, example.source,
+                   example.meta)  # fmt: skip
+
+
 def _chat(row: dict, spec: RowShape, where: dict) -> Built:
     (name,) = spec.fields
     return {name: row[name]}, _messages(row[name], name, *_TURN_KEYS[name], **where), None
@@ -208,6 +230,7 @@ def _text_fields(row: dict, spec: RowShape, where: dict) -> Built:
 _BUILDERS: dict[str, Callable[[dict, RowShape, dict], Built]] = {
     "pair": _pair,
     "chat": _chat,
+    "preference": _preference,
     "classification": _text_fields,
     "text": _text_fields,
 }

@@ -78,7 +78,9 @@ def write_run_report(
         "final train loss": training.get("train_loss"),
         "held-out rows": results.get("n_test"),
     }
-    extras = run_report_extras(run.path, max_new_tokens=cfg.evaluation.max_new_tokens)
+    # a stage whose predictions are one of a few outcomes (a reward model: "chosen" / "rejected") names them
+    extras = run_report_extras(run.path, max_new_tokens=cfg.evaluation.max_new_tokens,
+                               labels=results.get("prediction_labels"))  # fmt: skip
     intervals = extras.get("intervals") or {}
     metric_rows = [
         MetricRow(metric_display(r["metric"]), r.get("base"), r.get("tuned"), intervals.get(r["metric"]))
@@ -112,18 +114,20 @@ def run_report_extras(
     worst: int = 10,
     resamples: int = 1000,
     seed: int = 0,
+    labels: list[str] | None = None,
 ) -> dict[str, Any]:
     """The evaluation parts of a run's report, from its ``predictions.jsonl``: ``intervals``
     ({metric: paired bootstrap of tuned − base}) and the sections ``figures``, ``lists`` (regressions,
     worst N, slices), ``examples`` (and ``confusion`` for a classification run); ``{}`` when the run
-    has no predictions.
+    has no predictions. ``labels``: the outcomes the predictions are one of, for a stage whose outputs
+    are labels though it has a prompt format (a reward model's "chosen"/"rejected").
 
     A run it cannot analyse does not fail (the run itself is fine): the error is logged and returned
     as ``{"error": Notice}``, a section naming it, for the report to show.
     """
     try:
         return _extras(Path(run_dir), max_new_tokens=max_new_tokens, metric=metric, worst=worst,
-                       resamples=resamples, seed=seed)  # fmt: skip
+                       resamples=resamples, seed=seed, labels=labels)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - shown in the report and the log, never silently dropped
         frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
         where = f" (at {Path(frame.filename).name}:{frame.lineno} in {frame.name})" if frame else ""
@@ -141,14 +145,16 @@ def run_report_extras(
 
 
 def _extras(
-    run_dir: Path, *, max_new_tokens: int | None, metric: str, worst: int, resamples: int, seed: int
+    run_dir: Path, *, max_new_tokens: int | None, metric: str, worst: int, resamples: int, seed: int,
+    labels: list[str] | None,
 ) -> dict[str, Any]:
     run = RunDir(run_dir)
     rows = [p for p in read_predictions(run.predictions) if isinstance(p.outputs.get(TUNED), str)]
     if not rows:
         return {}
-    labels = run.read_labels()
-    classification = labels is not None and not run.template.is_file()
+    given = labels
+    labels = labels or run.read_labels()
+    classification = labels is not None and (given is not None or not run.template.is_file())
     tokenizer = None
     if run.tokenizer_dir.is_dir():
         from tunelab.models.loading import load_tokenizer

@@ -105,3 +105,29 @@ def class_probabilities(model: Any, tokenizer: Any, texts: list[str], *, batch_s
             probs += torch.softmax(logits.float(), dim=-1).tolist()
             advance(len(chunk))
     return probs
+
+
+def sequence_scores(model: Any, tokenizer: Any, sequences: list[list[int]], *, batch_size: int = 16,
+                    description: str | None = None) -> list[float]:  # fmt: skip
+    """A one-score head's value (a reward model's reward) for each token sequence, in right-padded
+    batches, as TRL's preference collator batches them in training."""
+    import torch
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model.eval()
+    device = next(model.parameters()).device
+    scores: list[float] = []
+    with progress_bar(description, len(sequences)) as advance:
+        for start in range(0, len(sequences), batch_size):
+            chunk = sequences[start : start + batch_size]
+            width = max(len(s) for s in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for r, seq in enumerate(chunk):
+                ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+                mask[r, : len(seq)] = 1
+            with torch.inference_mode():
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            scores += logits.float()[:, 0].tolist()
+            advance(len(chunk))
+    return scores

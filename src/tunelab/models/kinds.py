@@ -7,8 +7,35 @@ adapters read this table instead of branching on the name.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+
+def lm_collator(tokenizer: Any, padding_free: bool) -> Any:
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+
+    if padding_free:
+        # rows are concatenated into one sequence with restarting position_ids: no FLOPs on padding,
+        # and per-row attention keeps the rows apart (checked equal to separate rows)
+        return DataCollatorWithFlattening(return_position_ids=True)
+    return DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt")
+
+
+def padding_collator(tokenizer: Any, padding_free: bool) -> Any:
+    """Classifier rows: padded (a head reads one position per row, so rows are never packed)."""
+    from transformers import DataCollatorWithPadding
+
+    return DataCollatorWithPadding(tokenizer, return_tensors="pt")
+
+
+def preference_collator(tokenizer: Any, padding_free: bool) -> Any:
+    """Pairs {chosen_ids, rejected_ids}: TRL's collator puts every chosen sequence, then every rejected one,
+    in one right-padded batch (what TRL's RewardTrainer scores)."""
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return DataCollatorForPreference(pad_token_id=pad)
 
 
 @dataclass(frozen=True)
@@ -17,6 +44,7 @@ class ModelKind:
     auto_class: str  # transformers Auto* class that loads it
     peft_task_type: str  # peft's TaskType name for adapters on this kind
     head_modules: tuple[str, ...]  # the task head (trained by `freeze`, kept by peft)
+    make_collator: Callable[[Any, bool], Any]  # (tokenizer, padding_free) -> the Trainer's data collator
     classifier: bool = False  # a fresh classification head: needs labels; rows are padded, never packed
     num_labels: int | None = None  # fixed head size (a reward model's single score); None = len(labels)
 
@@ -40,23 +68,18 @@ class ModelKind:
         return kwargs
 
     def collator(self, tokenizer: Any, *, padding_free: bool) -> Any:
-        from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, DataCollatorWithPadding
-
-        if self.classifier:
-            return DataCollatorWithPadding(tokenizer, return_tensors="pt")
-        if padding_free:
-            # rows are concatenated into one sequence with restarting position_ids: no FLOPs on padding,
-            # and per-row attention keeps the rows apart (checked equal to separate rows)
-            return DataCollatorWithFlattening(return_position_ids=True)
-        return DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100, return_tensors="pt")
+        return self.make_collator(tokenizer, padding_free)
 
 
 MODEL_KINDS: dict[str, ModelKind] = {
     k.name: k
     for k in (
-        ModelKind("causal_lm", "AutoModelForCausalLM", "CAUSAL_LM", ("lm_head",)),
+        ModelKind("causal_lm", "AutoModelForCausalLM", "CAUSAL_LM", ("lm_head",), lm_collator),
         ModelKind("seq_cls", "AutoModelForSequenceClassification", "SEQ_CLS", ("score", "classifier", "pooler"),
-                  classifier=True),
+                  padding_collator, classifier=True),
+        # a reward model: a one-score head read at the last token, trained on chosen/rejected pairs
+        ModelKind("reward", "AutoModelForSequenceClassification", "SEQ_CLS", ("score", "classifier", "pooler"),
+                  preference_collator, classifier=True, num_labels=1),
     )
 }  # fmt: skip
 

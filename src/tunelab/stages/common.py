@@ -115,13 +115,15 @@ def apply_method(ctx: Context, model: Any) -> tuple[Any, str]:
 
 
 def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict], *,
-        loss_options: dict[str, Any] | None = None, build_trainer: Any = None) -> dict[str, Any]:  # fmt: skip
+        loss_options: dict[str, Any] | None = None, build_trainer: Any = None, args_class: Any = None,
+        extra_args: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """Train with the shared Trainer setup; returns throughput and memory figures.
 
     The stage's loss (`Stage.loss`, with `loss_options` such as class weights) picks the Trainer; a
     stage whose trainer is another library's (TRL's preference and RL trainers) passes
     `build_trainer(model=, args=, train_dataset=, eval_dataset=, data_collator=, processing_class=,
-    callbacks=)` instead and keeps everything else: arguments, callbacks, resume, packing, figures.
+    callbacks=)` instead, with its config class (`args_class`, e.g. TRL's RewardConfig, and its own
+    fields in `extra_args`), and keeps everything else: arguments, callbacks, resume, packing, figures.
     """
     import time
     from contextlib import nullcontext
@@ -142,9 +144,8 @@ def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict],
         raise TunelabError("no training rows left after preparation", file=ctx.cfg.data.train, expected="at least one row")
     t = ctx.cfg.training
     stage, method = ctx.stage, ctx.method
-    args = training_arguments(
-        ctx.cfg, ctx.run.checkpoints, ctx.precision, has_eval=bool(eval_rows), n_train=len(train_rows)
-    )
+    args = training_arguments(ctx.cfg, ctx.run.checkpoints, ctx.precision, has_eval=bool(eval_rows),
+                              n_train=len(train_rows), args_class=args_class, **(extra_args or {}))  # fmt: skip
     stage_packs = not stage.kind.classifier
     packed = t.padding_free and stage_packs and method.packs_rows
     if t.padding_free and stage_packs and not method.packs_rows:
@@ -166,7 +167,7 @@ def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict],
         callbacks=callbacks,
     )
     trainer.remove_callback(_printer_callback())
-    if LOSSES[stage.loss].per_batch_mean:
+    if build_trainer is None and LOSSES[stage.loss].per_batch_mean:
         # per-batch-mean losses: let Trainer divide them across accumulation steps
         trainer.model_accepts_loss_kwargs = False
     checkpoint = ctx.run.last_checkpoint() if ctx.resume else None
@@ -207,11 +208,12 @@ def save_trained(ctx: Context, model: Any, fmt: Any) -> Path:
     return directory
 
 
-def train_and_save(ctx: Context, model: Any, train_rows: list, eval_rows: list, fmt: Any, *,
-                   loss_options: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Apply the method, train, save: the middle of every recipe. Returns the model and what happened."""
+def train_and_save(ctx: Context, model: Any, train_rows: list, eval_rows: list, fmt: Any,
+                   **fit_options: Any) -> dict[str, Any]:
+    """Apply the method, train, save: the middle of every recipe (`fit_options` go to `fit`). Returns
+    the model and what happened."""
     model, trainable = apply_method(ctx, model)
-    stats = fit(ctx, model, train_rows, eval_rows, loss_options=loss_options)
+    stats = fit(ctx, model, train_rows, eval_rows, **fit_options)
     stats.pop("trainer")
     weights = save_trained(ctx, model, fmt)
     ctx.model = model

@@ -4,7 +4,7 @@ reading a config (and `tunelab --help`) stays cheap."""
 
 from __future__ import annotations
 
-from tunelab.stages import classify, pretrain, sft
+from tunelab.stages import classify, pretrain, reward, sft
 from tunelab.stages.base import Stage
 
 STAGES: dict[str, Stage] = {}
@@ -12,5 +12,6 @@ for stage in (
     sft.STAGE,
     pretrain.STAGE,
     classify.STAGE,
+    reward.STAGE,
 ):
     STAGES[stage.name] = stage

@@ -56,10 +56,11 @@ def classification_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: 
 @dataclass(frozen=True)
 class Loss:
     name: str
-    compute: Callable[..., Any]
+    compute: Callable[..., Any] | None  # None: the stage's own trainer computes it (TRL), see `trainer` below
     per_batch_mean: bool  # True: Trainer divides across accumulation steps (not by num_items_in_batch)
     needs_positions: bool = False  # computes logits only at trained positions (methods must keep positions)
     model_loss_without_options: bool = False  # with no options it equals the model's own loss: use that
+    trainer: str | None = None  # the library trainer that computes a loss tunelab does not (for people reading)
 
 
 LOSSES: dict[str, Loss] = {
@@ -67,6 +68,8 @@ LOSSES: dict[str, Loss] = {
     for loss in (
         Loss("causal_lm", response_only_loss, per_batch_mean=False, needs_positions=True),
         Loss("classification", classification_loss, per_batch_mean=True, model_loss_without_options=True),
+        # −log σ(r_chosen − r_rejected) over pairs, computed by TRL's RewardTrainer
+        Loss("bradley_terry", None, per_batch_mean=True, trainer="trl.RewardTrainer"),
     )
 }
 
@@ -77,6 +80,8 @@ def loss_trainer(loss_name: str, *, sliced_logits: bool, options: dict[str, Any]
     from transformers import Trainer
 
     loss = LOSSES[loss_name]
+    if loss.compute is None:
+        raise ValueError(f"loss {loss_name!r} is computed by {loss.trainer}: the stage passes fit(build_trainer=...)")
     extra = {k: v for k, v in (options or {}).items() if v is not None}
     if (loss.needs_positions and not sliced_logits) or (loss.model_loss_without_options and not extra):
         return Trainer

@@ -26,7 +26,8 @@ class TokenCountingCollator:
         self.tokens = 0
 
     def __call__(self, features: list[dict]) -> dict:
-        self.tokens += sum(len(f["input_ids"]) for f in features)
+        # every token sequence of a row: input_ids, or chosen_ids + rejected_ids of a preference pair
+        self.tokens += sum(len(v) for f in features for k, v in f.items() if k.endswith("_ids"))
         return self.collate(features)
 
 
@@ -89,9 +90,16 @@ class RichProgressCallback(TrainerCallback):
             self.progress = None
 
 
-def training_arguments(cfg: Any, output_dir: Path, precision: str, *, has_eval: bool, n_train: int) -> Any:
+def training_arguments(cfg: Any, output_dir: Path, precision: str, *, has_eval: bool, n_train: int,
+                       args_class: Any = None, **extra: Any) -> Any:  # fmt: skip
+    """TrainingArguments from the run config; `args_class` (a TRL config such as RewardConfig) and
+    `extra` (its own fields) for stages whose trainer is TRL's. TRL's CPU-unfriendly defaults
+    (gradient checkpointing on) are overridden by the run's own settings."""
     from transformers import TrainingArguments
 
+    args_class = args_class or TrainingArguments
+    if args_class is not TrainingArguments:
+        extra.setdefault("gradient_checkpointing", cfg.training.gradient_checkpointing)
     t = cfg.training
     eval_on = has_eval and t.eval_steps is not None
     steps_per_epoch = max(1, math.ceil(n_train / (t.batch_size * t.grad_accum)))
@@ -100,7 +108,7 @@ def training_arguments(cfg: Any, output_dir: Path, precision: str, *, has_eval: 
     eval_steps = t.eval_steps or total
     if eval_on and t.load_best_model_at_end and save_steps % eval_steps:
         save_steps = eval_steps  # best-model selection needs a checkpoint at every evaluation
-    return TrainingArguments(
+    return args_class(
         output_dir=str(output_dir),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps or -1,
@@ -135,6 +143,7 @@ def training_arguments(cfg: Any, output_dir: Path, precision: str, *, has_eval: 
         prediction_loss_only=True,  # eval needs the loss only; gathering full-vocab logits is slow
         dataloader_num_workers=0,
         use_cpu=not _cuda(),  # checkpoints are safetensors: transformers 5 writes nothing else
+        **extra,
     )
 
 
