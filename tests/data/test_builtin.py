@@ -49,3 +49,17 @@ def test_missing_package_says_how_to_install(monkeypatch):
 def test_builtins_describe_themselves():
     for info in BUILTINS.values():
         assert info.description and info.package and info.licence and callable(info.loader)
+
+
+def test_chatterbot_preference_pairs_prefer_the_questions_own_answer():
+    qa = load_builtin("chatterbot")
+    pairs, notes = load_builtin_with_notes("chatterbot-preference")
+    assert len(pairs) == len(qa) and "pairs" in notes[-1]
+    answers_by_topic = {}
+    for r in qa:
+        answers_by_topic.setdefault(r.data["topic"], set()).add(r.data["answer"])
+    for q, p in zip(qa, pairs, strict=True):
+        assert p.data["prompt"] == q.data["question"] and p.data["chosen"] == q.data["answer"]
+        other = {t for t, answers in answers_by_topic.items() if p.data["rejected"] in answers}
+        assert other - {q.data["topic"]}  # the rejected answer comes from another topic
+    assert [p.data["rejected"] for p in load_builtin("chatterbot-preference")] == [p.data["rejected"] for p in pairs]

@@ -28,6 +28,7 @@ CASES = {
         {"instruction": "Translate", "input": "chat", "output": "cat"},
         [("user", "Translate\n\nchat"), ("assistant", "cat")],
     ),
+    "preference": ({"prompt": "P", "chosen": "C", "rejected": "R"}, [("user", "P"), ("assistant", "C")]),
     "prompt_completion": ({"prompt": "P", "completion": "C"}, [("user", "P"), ("assistant", "C")]),
     "input_output": ({"input": "I", "output": "O"}, [("user", "I"), ("assistant", "O")]),
     "messages": ({"messages": CHAT}, [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello")]),
@@ -156,14 +157,14 @@ def test_classification_labels_may_be_ints_but_not_bools():
 
 
 def test_one_table_of_shapes_in_detection_order():
-    assert SHAPES == tuple(ROW_SHAPES) == ("qa", "alpaca", "prompt_completion", "input_output", "messages",
-                                           "conversations", "classification", "text")  # fmt: skip
+    assert SHAPES == tuple(ROW_SHAPES) == ("qa", "alpaca", "preference", "prompt_completion", "input_output",
+                                           "messages", "conversations", "classification", "text")  # fmt: skip
     prompts = {name: s.prompt_field for name, s in ROW_SHAPES.items() if s.kind == "pair"}
     assert prompts == {"qa": "question", "alpaca": "instruction", "prompt_completion": "prompt", "input_output": "input"}
-    assert RESPONSE_FIELD == {name: s.response_field for name, s in ROW_SHAPES.items() if s.kind == "pair"}
+    assert RESPONSE_FIELD == {name: s.response_field for name, s in ROW_SHAPES.items() if s.kind in ("pair", "preference")}
     for name, shape in ROW_SHAPES.items():
         assert shape.name == name and set(shape.required) <= set(shape.fields)
-        assert shape.kind in ("pair", "chat", "classification", "text")
+        assert shape.kind in ("pair", "chat", "preference", "classification", "text")
         assert describe_shape(name) == shape.description
 
 
@@ -207,3 +208,14 @@ def test_prompt_key_is_the_conversation_up_to_the_last_answer():
     # rows that are not training examples: a prompt with no answer yet, a custom template's fields
     assert prompt_key(Example("qa", {}, [{"role": "user", "content": "Hi"}], None, "<prompt>", {})) == (("user", "Hi"),)
     assert prompt_key(Example("qa", {"question": "Hi"}, None, None, "<prompt>", {})) == '{"question": "Hi"}'
+
+
+def test_a_preference_pair_and_its_rejected_side():
+    from tunelab.data.shapes import rejected_example
+
+    example = to_example({"prompt": "P", "chosen": "C", "rejected": "R", "id": 1}, "preference", file="f", line=3)
+    rejected = rejected_example(example)
+    assert [(m["role"], m["content"]) for m in rejected.messages] == [("user", "P"), ("assistant", "R")]
+    assert rejected.fields["chosen"] == "R" and example.fields["chosen"] == "C" and rejected.meta == {"id": 1}
+    with pytest.raises(TunelabError, match="f:3: rejected: is the same text as chosen"):
+        to_example({"prompt": "P", "chosen": "C", "rejected": "C"}, "preference", file="f", line=3)

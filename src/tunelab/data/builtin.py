@@ -108,6 +108,24 @@ def _chatterbot(root: Path) -> Loaded:
     return rows, notes
 
 
+def _chatterbot_preference(root: Path) -> Loaded:
+    """ChatterBot as preference pairs: a question's own answer is chosen over an answer, drawn with a
+    fixed seed, to a question of another topic (plausible English, but not an answer to this question)."""
+    import random
+
+    rows, notes = _chatterbot(root)
+    rng = random.Random(0)
+    pairs = []
+    for row in rows:
+        other = rows[rng.randrange(len(rows))]
+        while other.data["topic"] == row.data["topic"]:
+            other = rows[rng.randrange(len(rows))]
+        pairs.append(Row({"prompt": row.data["question"], "chosen": row.data["answer"],
+                          "rejected": other.data["answer"], "topic": row.data["topic"]},
+                         row.file.replace("builtin:chatterbot/", "builtin:chatterbot-preference/"), row.line))  # fmt: skip
+    return pairs, [*notes, f"builtin chatterbot-preference: {len(pairs)} pairs (rejected: an answer from another topic)"]
+
+
 def _text(value: object) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
@@ -158,6 +176,13 @@ BUILTINS: dict[str, BuiltinInfo] = {
         "chatterbot-corpus",
         "BSD-3-Clause",
         _chatterbot,
+        "chatterbot_corpus",
+    ),
+    "chatterbot-preference": BuiltinInfo(
+        "ChatterBot as preference pairs: each question's answer chosen over another topic's answer (reward models)",
+        "chatterbot-corpus",
+        "BSD-3-Clause",
+        _chatterbot_preference,
         "chatterbot_corpus",
     ),
     "rotten-tomatoes": BuiltinInfo(
