@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import RunConfig, dump_config, load_config, resolve_config
+from tunelab.config import RunConfig, dump_config, resolve_config
 from tunelab.errors import TunelabError
 from tunelab.progress import quiet_libraries
 from tunelab.runs.layout import RunDir
@@ -59,16 +59,10 @@ def train(
 
 def resume(run_dir: str | Path) -> TrainResult:
     """Continue an unfinished run from its last checkpoint, with the config it was started with."""
+    from tunelab.runs.loading import run_config
+
     quiet_libraries()
-    run = RunDir(run_dir)
-    if not run.config.is_file():
-        raise TunelabError("not a run directory (no config.yaml)", file=str(run.path), expected="a folder made by `tunelab train`")
-    if run.is_complete:
-        raise TunelabError("run is already complete", file=str(run.path), expected="an unfinished run")
-    cfg = load_config(run.config)
-    src = run.read_status().get("source_dir")
-    if src:
-        cfg._source_dir = Path(src)
+    run, cfg = run_config(run_dir, complete=False)
     run.start(resume=True)
     return _execute(cfg, run, resume=True)
 
