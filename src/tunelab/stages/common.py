@@ -238,7 +238,11 @@ def write_results(ctx: Context, trained: dict[str, Any], *, base: Any, tuned: An
     return results
 
 
-def truncation_note(n_truncated: int, n: int, max_length: int, split: str) -> str | None:
+def note_truncation(ctx: Context, n_truncated: int, n: int, split: str) -> None:
+    """Say (in the run notes and the console) how many rows data.max_length cut short."""
     if not n_truncated:
-        return None
-    return f"{n_truncated} of {n} {split} rows ({100 * n_truncated / n:.1f}%) were longer than max_length={max_length} tokens and were truncated"
+        return
+    note = (f"{n_truncated} of {n} {split} rows ({100 * n_truncated / n:.1f}%) were longer than "
+            f"max_length={ctx.cfg.data.max_length} tokens and were truncated")  # fmt: skip
+    ctx.notes.append(note)
+    info(f"[yellow]data[/yellow] {note}")

@@ -14,17 +14,9 @@ from typing import Any
 from tunelab.data.shapes import rejected_example
 from tunelab.data.templates import PromptFormat
 from tunelab.inference.prompts import display_input
-from tunelab.progress import info
 from tunelab.runs.artifacts import BASE, TUNED, Prediction, write_predictions
+from tunelab.stages import common
 from tunelab.stages.base import Context, Stage
-from tunelab.stages.common import (
-    load_base_model,
-    load_data,
-    setup,
-    train_and_save,
-    truncation_note,
-    write_results,
-)
 
 OUTCOMES = ["chosen", "rejected"]  # what a prediction says: which response of the pair scores higher
 
@@ -35,10 +27,7 @@ def encode_pairs(ctx: Context, fmt: PromptFormat, examples: list, split: str) ->
     chosen = fmt.encode_many(examples, ctx.tokenizer, max_length)
     rejected = fmt.encode_many([rejected_example(ex) for ex in examples], ctx.tokenizer, max_length)
     truncated = sum(c["truncated"] or r["truncated"] for c, r in zip(chosen, rejected, strict=True))
-    note = truncation_note(truncated, len(examples), max_length, f"{split} pair")
-    if note:
-        ctx.notes.append(note)
-        info(f"[yellow]data[/yellow] {note}")
+    common.note_truncation(ctx, truncated, len(examples), f"{split} pair")
     return [{"chosen_ids": c["input_ids"], "rejected_ids": r["input_ids"]}
             for c, r in zip(chosen, rejected, strict=True)]  # fmt: skip
 
@@ -77,8 +66,8 @@ def run(ctx: Context) -> dict[str, Any]:
     from trl import RewardConfig
 
     cfg = ctx.cfg
-    setup(ctx)
-    splits = load_data(ctx)
+    common.setup(ctx)
+    splits = common.load_data(ctx)
     fmt = PromptFormat.build(ctx.tokenizer, shape=splits.shape, template=cfg.data.template,
                              system_prompt=cfg.data.system_prompt, train_on_prompt=True)  # fmt: skip
     train_rows = encode_pairs(ctx, fmt, splits.train, "train")
@@ -86,16 +75,16 @@ def run(ctx: Context) -> dict[str, Any]:
     test = splits.test[: cfg.evaluation.max_examples] if cfg.evaluation.max_examples else splits.test
     test_rows = encode_pairs(ctx, fmt, test, "test")
 
-    model = load_base_model(ctx)
+    model = common.load_base_model(ctx)
     ev = cfg.evaluation
     base = evaluate(model, ctx, test_rows, "untrained head") if ev.enabled and ev.compare_base and test_rows else None
     # rows were truncated to data.max_length above (TRL would drop longer pairs); dropout as the method says
-    trained = train_and_save(ctx, model, train_rows, eval_rows, fmt, build_trainer=reward_trainer,
+    trained = common.train_and_save(ctx, model, train_rows, eval_rows, fmt, build_trainer=reward_trainer,
                              args_class=RewardConfig, extra_args={"max_length": None, "disable_dropout": False})  # fmt: skip
     tuned = evaluate(trained["model"], ctx, test_rows, "tuned") if ev.enabled and test_rows else None
     if tuned is not None:
         write_predictions(ctx.run.predictions, _predictions(test, base, tuned))
-    results = write_results(ctx, trained, base=base["metrics"] if base else None,
+    results = common.write_results(ctx, trained, base=base["metrics"] if base else None,
                             tuned=tuned["metrics"] if tuned else None, n_test=len(test_rows))  # fmt: skip
     return {**results, "prediction_labels": OUTCOMES}
 

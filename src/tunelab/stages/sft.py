@@ -19,9 +19,9 @@ from tunelab.stages.base import Context, Stage
 from tunelab.stages.common import (
     load_base_model,
     load_data,
+    note_truncation,
     setup,
     train_and_save,
-    truncation_note,
     write_results,
 )
 
@@ -33,10 +33,7 @@ def tokenize(ctx: Context, fmt: PromptFormat, examples: list, split: str) -> lis
         truncated += enc["truncated"]
         if any(label != -100 for label in enc["labels"][1:]):  # a row whose answer was cut away teaches nothing
             rows.append({"input_ids": enc["input_ids"], "labels": enc["labels"]})
-    note = truncation_note(truncated, len(examples), max_length, split)
-    if note:
-        ctx.notes.append(note)
-        info(f"[yellow]data[/yellow] {note}")
+    note_truncation(ctx, truncated, len(examples), split)
     dropped = len(examples) - len(rows)
     if dropped:
         ctx.notes.append(f"{dropped} {split} rows had no response tokens left after truncation and were skipped")
