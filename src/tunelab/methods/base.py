@@ -49,6 +49,9 @@ class Method:
     mergeable: bool = True
     # (load_base, options) -> MergeBase: what `tunelab merge` folds the adapter into (see qlora)
     merge_base: Callable[[LoadBase, Any], MergeBase] = float_merge_base
+    # (base model) -> base model: called once on the base a run will train, right after loading and
+    # before anything runs it (e.g. QLoRA keeps bitsandbytes from repacking its weights for inference)
+    prepare_for_training: Callable[[Any], Any] | None = None
 
     @property
     def packs_rows(self) -> bool:

@@ -35,6 +35,22 @@ def model_kwargs(options: QloraOptions, precision: str) -> dict[str, Any]:
     return {"quantization_config": quant, "device_map": device_map}
 
 
+def keep_training_layout(model: Any) -> Any:
+    """Keep every 4-bit weight in the layout training reads, for the whole run.
+
+    On a CPU with AVX512-BF16, bitsandbytes (0.50) turns a Linear4bit's weight into a CPU-packed
+    layout, in place and for good, at its first eval-mode forward without gradients (the base-model
+    evaluation before training, and every evaluation during it). The forward still gives the same
+    loss afterwards, but the backward through the packed weight is wrong: LoRA's gradients came out
+    up to 130% off, and QLoRA learned next to nothing. This switches that repacking off for the
+    model being trained (inference on a reloaded run still gets bitsandbytes' fast CPU path).
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return model
+
+
 def apply(model: Any, options: QloraOptions, kind: Any) -> Any:
     from peft import get_peft_model, prepare_model_for_kbit_training
 
@@ -86,4 +102,5 @@ METHOD = Method(
     weights_dir="adapter",
     model_kwargs=model_kwargs,
     merge_base=merge_base,
+    prepare_for_training=keep_training_layout,
 )

@@ -59,6 +59,8 @@ def load_base_model(ctx: Context, labels: list[str] | None = None) -> Any:
 
     kwargs = base_model_kwargs(ctx.stage, ctx.method, ctx.cfg, ctx.precision, ctx.tokenizer, labels)
     model = load_model(ctx.model_path, ctx.stage.model_kind, **kwargs)
+    if ctx.method.prepare_for_training is not None:
+        model = ctx.method.prepare_for_training(model)
     if ctx.stage.kind.classifier and is_decoder_classifier(model):
         # decoder heads read the last token; left padding keeps it real even when peft prepends
         # virtual tokens (then the model sees no input_ids and cannot locate padding itself)
