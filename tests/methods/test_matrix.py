@@ -150,7 +150,9 @@ def test_method_trains_reports_and_reloads(task, method, tmp_path, tiny_model, q
     # instead of the encoder, by peft's design, so its check is the logits below)
     saved = dict(trained.named_parameters())
     for name, p in loaded.model.named_parameters():
-        if "original_module" not in name and method != "ptuning":  # original_module: peft's unused head backup
+        # original_module: peft's unused head backup; 4-bit base weights are not saved (a fresh load of the
+        # same base, whose layout bitsandbytes changes at inference): QLoRA's check is the fresh base below
+        if "original_module" not in name and method != "ptuning" and type(p).__name__ != "Params4bit":
             assert torch.equal(p.detach(), saved[name].detach()), name
     if method == "qlora":
         # bitsandbytes' CPU inference path rewrites a 4-bit weight's quant state in place at its first
