@@ -100,6 +100,7 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
         "train_tokens_per_second": training.get("train_tokens_per_second"),
         "peak_memory_gib": training.get("peak_memory_gib"),
         "train_seconds": training.get("train_seconds"),
+        "warnings": results.get("warnings") or [],
     }
 
 

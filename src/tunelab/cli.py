@@ -87,6 +87,8 @@ def _print_results(results: dict) -> None:
             f"{training.get('train_tokens_per_second')} tokens/s (non-padding) · "
             f"peak memory {training.get('peak_memory_gib')} GiB"
         )
+    for warning in results.get("warnings") or []:
+        out.print(f"[yellow]warning: the run may not have learned: {warning}[/yellow]", highlight=False)
 
 
 @app.command()

@@ -89,7 +89,12 @@ def write_run_report(
     figures, analysis, examples = extras.get("figures"), extras.get("lists"), extras.get("examples")
     has_examples = bool(examples and examples.rows)
     has_analysis = bool(analysis and analysis.tables)
+    warnings = results.get("warnings") or []
+    learning = Notice(message="This run may not have learned anything: " + "; ".join(warnings) + ".",
+                      detail="Check the learning rate and the method's settings (tunelab data preview shows "
+                      "what is trained on).", title="Did not learn?", id="learning-warning")  # fmt: skip
     parts: list[Section | None] = [
+        learning if warnings else None,
         Summary(summary),
         MetricsTable(metric_rows) if metric_rows or not (has_analysis or has_examples) else None,
         extras.get("error"),

@@ -229,15 +229,42 @@ def train_and_save(ctx: Context, model: Any, train_rows: list, eval_rows: list, 
 
 
 def write_results(ctx: Context, trained: dict[str, Any], *, base: Any, tuned: Any, n_test: int) -> dict[str, Any]:
-    """eval.json: base and tuned metrics side by side, with how training went."""
+    """eval.json: base and tuned metrics side by side, with how training went and, when the run shows
+    no sign of learning, why (`warnings`: also in run.json, the console and the report's first lines)."""
+    warnings = learning_warnings(ctx, base, tuned)
+    for warning in warnings:
+        info(f"[yellow]did not learn?[/yellow] {warning}")
     results = {
         "task": ctx.cfg.task,
         "metrics": {"base": base, "tuned": tuned},
         "n_test": n_test,
         **{k: v for k, v in trained.items() if k != "model"},
+        "warnings": warnings,
     }
     write_json_atomic(ctx.run.eval_json, results)
     return results
+
+
+def learning_warnings(ctx: Context, base: dict[str, Any] | None, tuned: dict[str, Any] | None) -> list[str]:
+    """Signs that a finished run learned nothing: its final logged train loss is not below the first, or
+    the tuned model is not better than the base on the stage's first headline metric (held-out rows)."""
+    import json
+
+    from tunelab.evaluation.metrics import LOWER_IS_BETTER
+
+    out = []
+    losses = []
+    if ctx.run.metrics.is_file():
+        rows = [json.loads(line) for line in ctx.run.metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+        losses = [row["loss"] for row in rows if isinstance(row.get("loss"), int | float)]
+    if len(losses) >= 2 and losses[-1] >= losses[0]:
+        out.append(f"the final train loss ({losses[-1]:.4g}) is not below the first ({losses[0]:.4g})")
+    key = ctx.stage.headline_metrics[0]
+    if base and tuned and isinstance(base.get(key), int | float) and isinstance(tuned.get(key), int | float):
+        b, t = base[key], tuned[key]
+        if not (t < b if key in LOWER_IS_BETTER else t > b):
+            out.append(f"the tuned model is not better than the base on held-out {key} ({t:.4g} vs {b:.4g})")
+    return out
 
 
 def note_truncation(ctx: Context, n_truncated: int, n: int, split: str) -> None:
