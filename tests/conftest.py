@@ -38,7 +38,7 @@ def _corpus() -> list[str]:
     return lines
 
 
-def build_tiny_model(directory: Path, *, seed: int = 0) -> Path:
+def build_tiny_model(directory: Path, *, seed: int = 0, initializer_range: float = 0.02) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -74,6 +74,7 @@ def build_tiny_model(directory: Path, *, seed: int = 0) -> Path:
         bos_token_id=fast.bos_token_id,
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,
+        initializer_range=initializer_range,
     )
     LlamaForCausalLM(config).save_pretrained(directory, safe_serialization=True)
     return directory

@@ -97,3 +97,16 @@ def test_train_and_generate_end_to_end(tmp_path, tiny_model, qa_file):
 def test_bad_run_dir_or_missing_args(args):
     res = run(*args)
     assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+def test_validate_shows_the_method_default_learning_rate(tmp_path):
+    cfg = write_config(tmp_path, "x.jsonl", "method: prompt\n")
+    res = run("validate", str(cfg))
+    assert res.returncode == 0, res.stderr
+    from tunelab.methods.registry import METHODS
+
+    lr = METHODS["prompt"].training_defaults["lr"]
+    import yaml
+
+    assert yaml.safe_load(res.stdout)["training"]["lr"] == lr
+    assert f"training.lr = {lr:g}: method prompt's default" in res.stderr

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tunelab.config import RunConfig, config_from_dict, dump_config, load_config
 from tunelab.errors import TunelabError
@@ -101,3 +102,28 @@ def test_merge_dicts_and_key_lines_are_public():
     assert base["data"]["split"]["seed"] == 1
     assert key_lines("data:\n  train: a\n  split:\n    seed: 1\n") == {
         ("data",): 1, ("data", "train"): 2, ("data", "split"): 3, ("data", "split", "seed"): 4}  # fmt: skip
+
+
+def test_each_method_brings_its_learning_rate_unless_the_config_sets_one(tmp_path):
+    from tunelab.methods.registry import METHODS
+
+    for name, method in METHODS.items():
+        cfg = config_from_dict({"data": {"train": "x.jsonl"}, "method": name})
+        assert cfg.training.lr == method.training_defaults["lr"] > 0
+        assert cfg.method_defaults_note().startswith(f"training.lr = {cfg.training.lr:g}: method {name}'s default")
+        assert yaml.safe_load(dump_config(cfg))["training"]["lr"] == cfg.training.lr  # the resolved config shows it
+    ia3 = config_from_dict({"data": {"train": "x.jsonl"}, "method": "ia3"}).training.lr
+    assert ia3 != config_from_dict({"data": {"train": "x.jsonl"}, "method": "lora"}).training.lr
+    own = config_from_dict({"data": {"train": "x.jsonl"}, "method": "ia3", "training": {"lr": 1e-4}})
+    assert own.training.lr == 1e-4 and own.method_defaults_note() is None
+    # a method switched by --set gets the new method's default, not the old one's
+    path = write(tmp_path, "method: lora\ndata:\n  train: x.jsonl\n")
+    assert load_config(path, ["method=ia3"]).training.lr == ia3
+    # a saved run config pins the value it trained with
+    assert load_config(write(tmp_path, dump_config(load_config(path)))).method_defaults_note() is None
+
+
+def test_learning_rate_zero_is_allowed_but_not_negative():
+    assert config_from_dict({"data": {"train": "x.jsonl"}, "training": {"lr": 0}}).training.lr == 0
+    with pytest.raises(TunelabError, match="training.lr"):
+        config_from_dict({"data": {"train": "x.jsonl"}, "training": {"lr": -1e-4}})

@@ -26,6 +26,7 @@ class TrainResult:
     results: dict[str, Any]
     report: Path
     model: Any = None  # the trained model, still in memory (notebooks can use it directly)
+    config: Any = None  # the resolved RunConfig the run trained with (method defaults filled in)
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -90,7 +91,7 @@ def _execute(cfg: RunConfig, run: RunDir, *, resume: bool) -> TrainResult:
         run.mark_failed(f"{type(exc).__name__}: {exc}")
         (run.path / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
         raise
-    return TrainResult(run_dir=run.path, results=results, report=report, model=ctx.model)
+    return TrainResult(run_dir=run.path, results=results, report=report, model=ctx.model, config=cfg)
 
 
 def _summary(results: dict[str, Any]) -> dict[str, Any]:

@@ -130,6 +130,8 @@ def validate(
 
     cfg = load_config(config, set_)
     out.print(dump_config(cfg), markup=False, highlight=False)
+    if cfg.method_defaults_note():
+        err.print(cfg.method_defaults_note(), markup=False, highlight=False)
     err.print(f"[green]ok[/green] {config}")
 
 

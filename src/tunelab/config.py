@@ -71,7 +71,7 @@ class TrainingSection(Section):
     max_steps: int | None = Field(None, gt=0, description="stop after N optimizer steps (overrides epochs)")
     batch_size: int = Field(8, gt=0, description="rows per micro-batch")
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
-    lr: float = Field(2e-4, gt=0)
+    lr: float | None = Field(None, ge=0, description="unset: the method's default (see `tunelab validate`); 0 learns nothing")
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"] = (
         "cosine"
     )
@@ -113,6 +113,7 @@ class _RunConfigBase(Section):
     training: TrainingSection = Field(default_factory=TrainingSection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     _source_dir: Path | None = PrivateAttr(None)  # relative data paths resolve here (the config's folder)
+    _method_defaults: dict[str, Any] = PrivateAttr(default_factory=dict)  # "training.lr" → value filled in
 
     @field_validator("model", mode="before")
     @classmethod
@@ -150,6 +151,25 @@ class _RunConfigBase(Section):
                     f"options section '{name}:' given but method is '{self.method}'; set method: {name}{where}"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _fill_method_defaults(self) -> _RunConfigBase:
+        # Written into the section's values without counting as set by the user, so a config
+        # re-resolved for another method (`--set method=ia3`) gets that method's defaults instead.
+        for key, value in METHODS[self.method].training_defaults.items():
+            if key not in self.training.model_fields_set:
+                self.training.__dict__[key] = value
+                self._method_defaults[f"training.{key}"] = value
+        if self.training.lr is None:
+            raise ValueError(f"method {self.method!r} has no default learning rate: set training.lr")
+        return self
+
+    def method_defaults_note(self) -> str | None:
+        """One line saying which values came from the method's defaults (for validate and run notes)."""
+        if not self._method_defaults:
+            return None
+        values = ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}" for k, v in self._method_defaults.items())
+        return f"{values}: method {self.method}'s default (set it in the config to change it)"
 
     def method_options(self) -> BaseModel | None:
         return getattr(self, self.method, None)
@@ -258,7 +278,11 @@ def resolve_config(config: Any, overrides: list[str] | None = None) -> RunConfig
         return config_from_dict(merge_dicts(config, parse_overrides(overrides)))
     if not overrides:
         return config
-    cfg = config_from_dict(merge_dicts(config_dict(config), parse_overrides(overrides)))
+    raw = config_dict(config)
+    for key in config._method_defaults:  # filled from the old method: the new one brings its own
+        section, name = key.split(".")
+        raw[section].pop(name, None)
+    cfg = config_from_dict(merge_dicts(raw, parse_overrides(overrides)))
     cfg._source_dir = config._source_dir
     return cfg
 

@@ -171,7 +171,7 @@ def test_method_trains_reports_and_reloads(task, method, tmp_path, tiny_model, q
 def test_classification_on_an_encoder(method, tmp_path, tiny_bert, sentiment_file):
     """BERT-style encoders pool [CLS] (right padding); decoders pool the last token (left padding).
     A 2-layer, 32-wide random BERT learns too slowly to assert learning here; the real MiniLM
-    integration test and benchmarks/methods.py check that."""
+    integration test and benchmarks/learning.py check that."""
     cfg = make_config(tmp_path, "classify", method, tiny_bert, sentiment_file)
     cfg["training"]["max_steps"] = 6
     result = tunelab.train(cfg)

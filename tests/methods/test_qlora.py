@@ -11,10 +11,12 @@ ROWS = [[5, 17, 42, 99, 7, 61, 23], [8, 30, 11, 4, 90, 66, 12]]
 def _quantized(tiny_model):
     from tunelab.config import config_from_dict
     from tunelab.methods.registry import METHODS
+    from tunelab.models.kinds import MODEL_KINDS
     from tunelab.models.loading import load_model
 
     options = config_from_dict({"data": {"train": "x.jsonl"}, "method": "qlora"}).method_options()
-    return load_model(tiny_model, "causal_lm", **METHODS["qlora"].model_kwargs(options, "fp32")), options
+    kwargs = METHODS["qlora"].model_kwargs(options, "fp32", MODEL_KINDS["causal_lm"])
+    return load_model(tiny_model, "causal_lm", **kwargs), options
 
 
 def _float_copy(quantized, tiny_model):
@@ -90,3 +92,44 @@ def test_without_keeping_the_layout_the_gradients_go_wrong(tiny_model):
     quantized, options = _quantized(tiny_model)
     ours, reference = _adapters(quantized, tiny_model, options, prepare=False)
     assert max(_relative_errors(ours, reference)) > 0.05
+
+
+def test_a_resumed_qlora_run_ends_where_an_uninterrupted_one_does(tiny_config):
+    """Resume runs things in another order (no base evaluation, no step-0 evaluation, a checkpoint
+    load): the 4-bit base must train the same way through it."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    import tunelab
+    from tunelab.runs.layout import RunDir
+
+    cfg = tiny_config(name="qlora-resume", method="qlora",
+                      training={"max_steps": 8, "eval_steps": 4, "save_steps": 4, "lr": 1e-2})  # fmt: skip
+    whole = tunelab.train(cfg)
+    expected = load_file(whole.run_dir / "adapter" / "adapter_model.safetensors")
+    run = RunDir(whole.run_dir)
+    shutil.rmtree(run.checkpoints / "checkpoint-8")
+    shutil.rmtree(run.path / "adapter")
+    run.write_status(status="running")
+    resumed = tunelab.resume(run.path)
+    assert resumed.results["training"]["global_step"] == 8
+    got = load_file(resumed.run_dir / "adapter" / "adapter_model.safetensors")
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_qlora_keeps_an_encoders_fresh_classifier_head_in_float(tmp_path, tiny_bert, sentiment_file):
+    """BERT-style models name their head `classifier`; transformers does not keep it out of 4-bit by
+    itself, and a quantized fresh head failed at its first forward (MiniLM + QLoRA classification)."""
+    import tunelab
+
+    result = tunelab.train({"name": "q", "output_dir": str(tmp_path / "runs"), "model": str(tiny_bert), "task": "classify",
+                            "method": "qlora", "qlora": {"target_modules": ["query", "value"]},
+                            "data": {"train": str(sentiment_file), "max_length": 16},
+                            "training": {"max_steps": 4, "batch_size": 8, "eval_steps": None, "save_steps": None,
+                                         "precision": "fp32"}})  # fmt: skip
+    assert result.results["metrics"]["tuned"]["n"] > 0
+    heads = [m for n, m in result.model.named_modules() if n.endswith("classifier.modules_to_save.default")]
+    assert heads and all(m.weight.dtype == torch.float32 for m in heads)

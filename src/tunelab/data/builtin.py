@@ -126,6 +126,25 @@ def _chatterbot_preference(root: Path) -> Loaded:
     return pairs, [*notes, f"builtin chatterbot-preference: {len(pairs)} pairs (rejected: an answer from another topic)"]
 
 
+TOPIC_QUESTIONS = ("computers", "food", "history", "money", "science", "sports")
+
+
+def _chatterbot_topics(root: Path) -> Loaded:
+    """A fixed mapping a small model can learn in minutes: each distinct question of six ChatterBot
+    topics → "That is a question about TOPIC." (for checking that a method learns at all)."""
+    rows, _ = _chatterbot(root)
+    seen: set[str] = set()
+    out = []
+    for row in rows:
+        topic, question = row.data["topic"], row.data["question"]
+        if topic in TOPIC_QUESTIONS and question.lower() not in seen:
+            seen.add(question.lower())
+            out.append(Row({"question": question, "answer": f"That is a question about {topic}.", "topic": topic},
+                           row.file.replace("builtin:chatterbot/", "builtin:chatterbot-topics/"), row.line))  # fmt: skip
+    return out, [f"builtin chatterbot-topics: {len(out)} questions of {len(TOPIC_QUESTIONS)} topics, "
+                 "each answered 'That is a question about TOPIC.'"]  # fmt: skip
+
+
 def _text(value: object) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
@@ -183,6 +202,13 @@ BUILTINS: dict[str, BuiltinInfo] = {
         "chatterbot-corpus",
         "BSD-3-Clause",
         _chatterbot_preference,
+        "chatterbot_corpus",
+    ),
+    "chatterbot-topics": BuiltinInfo(
+        "ChatterBot questions of six topics, each answered 'That is a question about TOPIC.': a fixed mapping to check learning",
+        "chatterbot-corpus",
+        "BSD-3-Clause",
+        _chatterbot_topics,
         "chatterbot_corpus",
     ),
     "rotten-tomatoes": BuiltinInfo(

@@ -41,8 +41,8 @@ class Method:
     # peft prompt learning: virtual tokens are prepended to every row, so rows cannot be packed into one
     # sequence, token positions shift (no logits for trained positions only) and the KV cache is peft's own
     virtual_tokens: bool = False
-    # extra from_pretrained kwargs for the base model (e.g. 4-bit quantization): (options, precision) -> dict
-    model_kwargs: Callable[[Any, str], dict[str, Any]] | None = None
+    # extra from_pretrained kwargs for the base model (e.g. 4-bit quantization): (options, precision, kind) -> dict
+    model_kwargs: Callable[[Any, str, Any], dict[str, Any]] | None = None
     # whole model saved (full, freeze): the saved directory replaces the base at load time
     saves_whole_model: bool = False
     # the trained weights can be folded into the base (`tunelab merge`); virtual tokens cannot
@@ -52,6 +52,9 @@ class Method:
     # (base model) -> base model: called once on the base a run will train, right after loading and
     # before anything runs it (e.g. QLoRA keeps bitsandbytes from repacking its weights for inference)
     prepare_for_training: Callable[[Any], Any] | None = None
+    # `training:` values that make this method learn, used where the config does not set them (a
+    # prompt-tuning run needs a learning rate a hundred times LoRA's); shown by `tunelab validate`
+    training_defaults: dict[str, Any] = field(default_factory=dict)
 
     @property
     def packs_rows(self) -> bool:

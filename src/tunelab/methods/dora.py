@@ -25,4 +25,5 @@ METHOD = Method(
     apply=apply,
     load=load_adapter,
     weights_dir="adapter",
+    training_defaults={"lr": 5e-4},
 )

@@ -67,4 +67,5 @@ METHOD = Method(
     load=load_whole_model,
     weights_dir="model",
     saves_whole_model=True,
+    training_defaults={"lr": 3e-4},
 )

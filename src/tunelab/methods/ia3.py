@@ -34,4 +34,5 @@ METHOD = Method(
     apply=apply,
     load=load_adapter,
     weights_dir="adapter",
+    training_defaults={"lr": 1e-2},
 )

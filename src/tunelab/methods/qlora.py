@@ -19,17 +19,21 @@ class QloraOptions(LoraOptions):
     )
 
 
-def model_kwargs(options: QloraOptions, precision: str) -> dict[str, Any]:
+def model_kwargs(options: QloraOptions, precision: str, kind: Any) -> dict[str, Any]:
     import torch
     from transformers import BitsAndBytesConfig
 
     name = precision if options.compute_dtype == "auto" else options.compute_dtype
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name, torch.float32)
+    # a classifier's head is created fresh and trained in full (peft's modules_to_save): it stays in
+    # float. transformers finds an LM's head itself but not e.g. BERT's `classifier`, which it quantized
+    skip = {"llm_int8_skip_modules": list(kind.head_modules)} if kind.classifier else {}
     quant = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=options.quant_type,
         bnb_4bit_use_double_quant=options.double_quant,
         bnb_4bit_compute_dtype=dtype,
+        **skip,
     )
     device_map = "auto" if torch.cuda.is_available() else "cpu"
     return {"quantization_config": quant, "device_map": device_map}
@@ -103,4 +107,5 @@ METHOD = Method(
     model_kwargs=model_kwargs,
     merge_base=merge_base,
     prepare_for_training=keep_training_layout,
+    training_defaults={"lr": 5e-4},
 )

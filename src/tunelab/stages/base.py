@@ -65,7 +65,7 @@ def base_model_kwargs(stage: Stage, method: Method, cfg: Any, precision: str, to
     method's own loading (4-bit for QLoRA); without it, plain float weights."""
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code}
     if as_trained and method.model_kwargs is not None:
-        kwargs.update(method.model_kwargs(cfg.method_options(), precision))
+        kwargs.update(method.model_kwargs(cfg.method_options(), precision, stage.kind))
     if stage.kind.classifier:
         kwargs.update(labels=labels, pad_token_id=tokenizer.pad_token_id)
     return kwargs

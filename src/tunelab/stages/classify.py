@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunelab.errors import TunelabError
+from tunelab.evaluation.bootstrap import mean_metric
 from tunelab.evaluation.metrics import classification_metrics
 from tunelab.progress import info
 from tunelab.runs.artifacts import BASE, TUNED, Prediction, write_predictions
@@ -108,12 +109,19 @@ def run(ctx: Context) -> dict[str, Any]:
     tuned = evaluate(trained["model"], ctx, test, test_rows, labels, "tuned") if ev.enabled and test_rows else None
     if tuned is not None:
         _write_predictions(ctx, test, labels, base, tuned)
+    paired = None
+    if base and tuned:
+        refs = [r["labels"] for r in test_rows]
+        base_correct, tuned_correct = ([100.0 * (p == y) for p, y in zip(m["predictions"], refs, strict=True)]
+                                       for m in (base, tuned))  # fmt: skip
+        paired = (mean_metric("accuracy"), base_correct, tuned_correct)
     return write_results(
         ctx,
         trained,
         base=base["metrics"] if base else None,
         tuned=tuned["metrics"] if tuned else None,
         n_test=len(test_rows),
+        paired=paired,
     )
 
 

@@ -33,6 +33,10 @@ def setup(ctx: Context) -> None:
     ctx.tokenizer = load_tokenizer(ref.path, trust_remote_code=ctx.cfg.model.trust_remote_code)
     ctx.precision = choose_precision(t.precision)
     ctx.notes.append(f"model {ctx.cfg.model.name} ({ref.path}); precision {ctx.precision}")
+    defaults = ctx.cfg.method_defaults_note()
+    if defaults:
+        ctx.notes.append(defaults)
+        info(f"[green]{ctx.cfg.method}[/green] {defaults}")
 
 
 def load_data(ctx: Context) -> Splits:
@@ -177,6 +181,8 @@ def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict],
         info("[yellow]no checkpoint found: training from the start[/yellow]")
     started = time.time()
     with packed_attention(model) if packed else nullcontext():
+        if args.eval_strategy != "no" and checkpoint is None:
+            trainer.evaluate()  # step 0 of the loss curve: the validation loss before any training
         output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.time() - started
     if hasattr(model, "config"):
@@ -228,10 +234,14 @@ def train_and_save(ctx: Context, model: Any, train_rows: list, eval_rows: list, 
     }
 
 
-def write_results(ctx: Context, trained: dict[str, Any], *, base: Any, tuned: Any, n_test: int) -> dict[str, Any]:
+def write_results(ctx: Context, trained: dict[str, Any], *, base: Any, tuned: Any, n_test: int,
+                  paired: tuple[Any, list, list] | None = None) -> dict[str, Any]:  # fmt: skip
     """eval.json: base and tuned metrics side by side, with how training went and, when the run shows
-    no sign of learning, why (`warnings`: also in run.json, the console and the report's first lines)."""
-    warnings = learning_warnings(ctx, base, tuned)
+    no sign of learning, why (`warnings`: also in run.json, the console and the report's first lines).
+    `paired` is (MetricSpec, base statistics, tuned statistics) of the stage's first headline metric
+    per held-out row, for the paired bootstrap interval of tuned − base (`learning_check`)."""
+    check = learning_check(ctx, base, tuned, paired)
+    warnings = learning_warnings(ctx, base, tuned, check)
     for warning in warnings:
         info(f"[yellow]did not learn?[/yellow] {warning}")
     results = {
@@ -239,15 +249,33 @@ def write_results(ctx: Context, trained: dict[str, Any], *, base: Any, tuned: An
         "metrics": {"base": base, "tuned": tuned},
         "n_test": n_test,
         **{k: v for k, v in trained.items() if k != "model"},
+        "learning_check": check,
         "warnings": warnings,
     }
     write_json_atomic(ctx.run.eval_json, results)
     return results
 
 
-def learning_warnings(ctx: Context, base: dict[str, Any] | None, tuned: dict[str, Any] | None) -> list[str]:
+def learning_check(ctx: Context, base: Any, tuned: Any, paired: tuple[Any, list, list] | None) -> dict | None:
+    """Tuned − base on the first headline metric with its 95% paired bootstrap interval, and whether
+    the tuned model is better beyond doubt (the interval excludes zero on the right side)."""
+    from tunelab.evaluation.bootstrap import paired_bootstrap
+    from tunelab.evaluation.metrics import LOWER_IS_BETTER
+
+    if paired is None or not base or not tuned:
+        return None
+    spec, base_stats, tuned_stats = paired
+    r = paired_bootstrap(spec, base_stats, tuned_stats)
+    lower = spec.name in LOWER_IS_BETTER
+    return {"metric": spec.name, "base": r["a"], "tuned": r["b"], "delta": r["delta"], "low": r["low"],
+            "high": r["high"], "better": bool(r["high"] < 0 if lower else r["low"] > 0), "n": len(base_stats)}  # fmt: skip
+
+
+def learning_warnings(ctx: Context, base: dict[str, Any] | None, tuned: dict[str, Any] | None,
+                      check: dict[str, Any] | None = None) -> list[str]:  # fmt: skip
     """Signs that a finished run learned nothing: its final logged train loss is not below the first, or
-    the tuned model is not better than the base on the stage's first headline metric (held-out rows)."""
+    the tuned model is not better than the base on held-out rows (by the interval of `check` when the
+    stage gave per-row statistics, else by the stage's first headline metric)."""
     import json
 
     from tunelab.evaluation.metrics import LOWER_IS_BETTER
@@ -259,6 +287,12 @@ def learning_warnings(ctx: Context, base: dict[str, Any] | None, tuned: dict[str
         losses = [row["loss"] for row in rows if isinstance(row.get("loss"), int | float)]
     if len(losses) >= 2 and losses[-1] >= losses[0]:
         out.append(f"the final train loss ({losses[-1]:.4g}) is not below the first ({losses[0]:.4g})")
+    if check is not None:
+        if not check["better"]:
+            out.append(f"the tuned model is not clearly better than the base on held-out {check['metric']} "
+                       f"({check['tuned']:.4g} vs {check['base']:.4g}; 95% interval of the difference "
+                       f"[{check['low']:+.4g}, {check['high']:+.4g}] over {check['n']} rows)")  # fmt: skip
+        return out
     key = ctx.stage.headline_metrics[0]
     if base and tuned and isinstance(base.get(key), int | float) and isinstance(tuned.get(key), int | float):
         b, t = base[key], tuned[key]

@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 from tunelab.data.templates import PromptFormat
+from tunelab.evaluation.bootstrap import perplexity_metric
 from tunelab.evaluation.metrics import perplexity
 from tunelab.stages.base import Context, Stage
 from tunelab.stages.common import load_base_model, load_data, setup, train_and_save, write_results
@@ -38,17 +39,20 @@ def carve_blocks(blocks: list[dict[str, Any]], split: Any) -> tuple[list, list, 
     return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
 
 
-def block_perplexity(model: Any, tokenizer: Any, blocks: list[dict[str, Any]], batch_size: int, label: str) -> dict[str, float]:
-    """Token-weighted perplexity over blocks (every token after the first of a block is predicted)."""
+def block_perplexity(model: Any, tokenizer: Any, blocks: list[dict[str, Any]], batch_size: int,
+                     label: str) -> tuple[dict[str, float], list[list[float]]]:  # fmt: skip
+    """Token-weighted perplexity over blocks (every token after the first of a block is predicted),
+    and each block's [NLL sum, tokens] for the bootstrap."""
     from tunelab.inference.scoring import sequence_nll
 
     nll = sequence_nll(model, tokenizer, blocks, batch_size=batch_size, description=f"perplexity {label}")
     total_nll, total_tokens = sum(v for v, _ in nll), sum(n for _, n in nll)
-    return {
+    metrics = {
         "perplexity": round(perplexity(total_nll, total_tokens), 4),
         "eval_loss": round(total_nll / max(total_tokens, 1), 4) if total_tokens else math.nan,
         "tokens": total_tokens,
     }
+    return metrics, [[v, n] for v, n in nll]
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -71,10 +75,14 @@ def run(ctx: Context) -> dict[str, Any]:
 
     model = load_base_model(ctx)
     ev = cfg.evaluation
-    base = block_perplexity(model, ctx.tokenizer, test_rows, ev.batch_size, "base") if ev.enabled and ev.compare_base and test_rows else None
+    base = tuned = None
+    if ev.enabled and ev.compare_base and test_rows:
+        base, base_blocks = block_perplexity(model, ctx.tokenizer, test_rows, ev.batch_size, "base")
     trained = train_and_save(ctx, model, train_rows, eval_rows, fmt)
-    tuned = block_perplexity(trained["model"], ctx.tokenizer, test_rows, ev.batch_size, "tuned") if ev.enabled and test_rows else None
-    return write_results(ctx, trained, base=base, tuned=tuned, n_test=len(test_rows))
+    if ev.enabled and test_rows:
+        tuned, tuned_blocks = block_perplexity(trained["model"], ctx.tokenizer, test_rows, ev.batch_size, "tuned")
+    paired = (perplexity_metric(), base_blocks, tuned_blocks) if base and tuned else None
+    return write_results(ctx, trained, base=base, tuned=tuned, n_test=len(test_rows), paired=paired)
 
 
 STAGE = Stage(name="pretrain", summary="continued pretraining on raw text (packed blocks)", run=run,

@@ -13,6 +13,7 @@ from typing import Any
 
 from tunelab.data.shapes import rejected_example
 from tunelab.data.templates import PromptFormat
+from tunelab.evaluation.bootstrap import mean_metric
 from tunelab.inference.prompts import display_input
 from tunelab.runs.artifacts import BASE, TUNED, Prediction, write_predictions
 from tunelab.stages import common
@@ -84,8 +85,13 @@ def run(ctx: Context) -> dict[str, Any]:
     tuned = evaluate(trained["model"], ctx, test_rows, "tuned") if ev.enabled and test_rows else None
     if tuned is not None:
         write_predictions(ctx.run.predictions, _predictions(test, base, tuned))
+    paired = None
+    if base and tuned:
+        base_right, tuned_right = ([100.0 * (c > r) for c, r in zip(m["chosen"], m["rejected"], strict=True)]
+                                   for m in (base, tuned))  # fmt: skip
+        paired = (mean_metric("pairwise_accuracy"), base_right, tuned_right)
     results = common.write_results(ctx, trained, base=base["metrics"] if base else None,
-                            tuned=tuned["metrics"] if tuned else None, n_test=len(test_rows))  # fmt: skip
+                                   tuned=tuned["metrics"] if tuned else None, n_test=len(test_rows), paired=paired)  # fmt: skip
     return {**results, "prediction_labels": OUTCOMES}
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from tunelab.data.shapes import ROW_SHAPES
 from tunelab.data.templates import PromptFormat
+from tunelab.evaluation.bootstrap import mean_metric
 from tunelab.evaluation.generation_eval import evaluate_generation, prediction_rows
 from tunelab.evaluation.metrics import HEADLINE_METRICS
 from tunelab.progress import info
@@ -75,12 +76,17 @@ def run(ctx: Context) -> dict[str, Any]:
     tuned = evaluate_generation(model, ctx.tokenizer, fmt, test, ev, label="tuned") if ev.enabled and test else None
     if tuned is not None:
         write_predictions(ctx.run.predictions, prediction_rows(test, fmt, base, tuned))
+    paired = None
+    if base and tuned and base.get("per_example"):
+        key = STAGE.headline_metrics[0]
+        paired = (mean_metric(key), [r[key] for r in base["per_example"]], [r[key] for r in tuned["per_example"]])
     return write_results(
         ctx,
         trained,
         base=base["metrics"] if base else None,
         tuned=tuned["metrics"] if tuned else None,
         n_test=len(test),
+        paired=paired,
     )
 
 
