@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import shutil
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 from tunelab.config import RunConfig, dump_config, resolve_config
 from tunelab.errors import TunelabError
+from tunelab.paths import remove_owned
 from tunelab.progress import quiet_libraries
 from tunelab.runs.layout import RunDir
 from tunelab.runs.loading import LoadedRun
@@ -52,7 +52,7 @@ def train(
                 file=str(run.path),
                 expected="a new `name:`, --overwrite to replace it, or `tunelab train --resume RUN_DIR` to continue it",
             )
-        shutil.rmtree(run.path)
+        remove_owned(run.path, markers=(run.status_file.name,), what="a tunelab run")
     run.start(resume=False)
     run.config.write_text(dump_config(cfg), encoding="utf-8")
     return _execute(cfg, run, resume=False)

@@ -8,6 +8,7 @@ inside training.
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +27,7 @@ from pydantic import (
 from tunelab.data.shapes import ROW_SHAPES, known_shape
 from tunelab.errors import TunelabError
 from tunelab.methods.registry import METHODS
+from tunelab.paths import check_folder_name
 from tunelab.stages.registry import STAGES
 from tunelab.yaml_files import key_lines, merge_dicts, parse_overrides, read_mapping
 
@@ -114,6 +116,16 @@ class _RunConfigBase(Section):
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     _source_dir: Path | None = PrivateAttr(None)  # relative data paths resolve here (the config's folder)
     _method_defaults: dict[str, Any] = PrivateAttr(default_factory=dict)  # "training.lr" → value filled in
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, v: str) -> str:
+        return check_folder_name(v)
+
+    @field_validator("output_dir")
+    @classmethod
+    def _expand_home(cls, v: str) -> str:
+        return os.path.expanduser(v)
 
     @field_validator("model", mode="before")
     @classmethod

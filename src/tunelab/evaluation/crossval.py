@@ -19,12 +19,12 @@ import json
 import math
 import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
 from tunelab.data.shapes import prompt_key
 from tunelab.errors import TunelabError
+from tunelab.paths import remove_owned
 
 __all__ = ["cross_validate", "make_folds", "summarise_folds"]
 
@@ -129,7 +129,7 @@ def cross_validate(
             raise TunelabError(
                 "cross-validation folder already exists", file=str(cv_dir), expected="--overwrite to replace it, or another name"
             )
-        shutil.rmtree(cv_dir)
+        remove_owned(cv_dir, markers=("cv.json", "fold-1"), what="a tunelab cross-validation")
     cv_dir.mkdir(parents=True, exist_ok=True)
 
     def absolute(path: str | None) -> str | None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
+from tunelab.paths import check_removable, remove_owned
 
 DTYPES = ("float32", "float16", "bfloat16")
 PROBE_PROMPTS = ("What is AI?", "Tell me a joke.", "What colour is the sky?")
@@ -237,16 +238,21 @@ def _prepare_generation_config(model: Any, tokenizer: Any) -> None:
         gen.bos_token_id = tokenizer.bos_token_id
 
 
+# what `merge` and `export` leave in their output folder: only such a folder is replaced by --overwrite
+OUTPUT_MARKERS = ("merge_info.json", "adapter_config.json")
+OUTPUT_WHAT = "a tunelab merge or export"
+
+
 def _fresh_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
             raise TunelabError("output directory already exists and is not empty", file=str(out),
                                expected="a new directory, or --overwrite to replace it")
+        check_removable(out, markers=OUTPUT_MARKERS, what=OUTPUT_WHAT)  # before the work, not after
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    remove_owned(out, markers=OUTPUT_MARKERS, what=OUTPUT_WHAT)
     os.replace(tmp, out)
 
 
@@ -288,13 +294,13 @@ def export_adapter(run_dir: str | Path, out_dir: str | Path, *, overwrite: bool 
     from tunelab.models.loading import load_tokenizer, resolve_model
     from tunelab.runs.loading import run_config
 
+    out = Path(out_dir)
+    _fresh_dir(out, overwrite)
     run, cfg = run_config(run_dir)
     adapter = run.path / METHODS[cfg.method].weights_dir
     if METHODS[cfg.method].saves_whole_model:
         raise TunelabError(f"method {cfg.method!r} saved a whole model, not an adapter", file=str(run.path),
                            expected=f"`tunelab merge {run.path} --out DIR` for a plain model directory")
-    out = Path(out_dir)
-    _fresh_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     try:
