@@ -141,3 +141,8 @@ def test_resume_continues_from_checkpoint(tiny_config, tmp_path):
     assert RunDir(result.run_dir).is_complete
     assert result.results["training"]["global_step"] == 12
     assert result.results["training"]["train_tokens"] < first.results["training"]["train_tokens"]
+    # steps 7-12 were logged by the first run and again by the resumed one: they appear once
+    rows = [json.loads(line) for line in run.metrics.read_text().splitlines()]
+    logged = [(r["step"], key) for r in rows for key in ("loss", "eval_loss") if key in r]
+    assert len(logged) == len(set(logged)) and [r["step"] for r in rows] == sorted(r["step"] for r in rows)
+    assert {(0, "eval_loss"), (10, "loss"), (12, "eval_loss")} <= set(logged)

@@ -88,6 +88,14 @@ class RunDir:
                 expected="a finished run; continue this one with `tunelab train --resume RUN_DIR`",
             )
 
+    def truncate_metrics(self, step: int) -> None:
+        """Keep metrics.jsonl's rows up to `step` (the checkpoint a resume starts from): the steps a
+        killed run logged after it are trained again, and must not appear twice on the curve."""
+        if not self.metrics.is_file():
+            return
+        rows = [json.loads(line) for line in self.metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+        write_jsonl_atomic(self.metrics, [r for r in rows if isinstance(r.get("step"), int) and r["step"] <= step])
+
     def last_checkpoint(self) -> Path | None:
         if not self.checkpoints.is_dir():
             return None

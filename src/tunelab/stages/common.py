@@ -179,6 +179,8 @@ def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict],
     checkpoint = ctx.run.last_checkpoint() if ctx.resume else None
     if ctx.resume and checkpoint is None:
         info("[yellow]no checkpoint found: training from the start[/yellow]")
+    if checkpoint is not None:
+        ctx.run.truncate_metrics(int(checkpoint.name.split("-")[-1]))
     started = time.time()
     with packed_attention(model) if packed else nullcontext():
         if args.eval_strategy != "no" and checkpoint is None:
