@@ -146,3 +146,28 @@ def test_resume_continues_from_checkpoint(tiny_config, tmp_path):
     logged = [(r["step"], key) for r in rows for key in ("loss", "eval_loss") if key in r]
     assert len(logged) == len(set(logged)) and [r["step"] for r in rows] == sorted(r["step"] for r in rows)
     assert {(0, "eval_loss"), (10, "loss"), (12, "eval_loss")} <= set(logged)
+
+
+@pytest.mark.parametrize("damage", ["no trainer state", "truncated weights"])
+def test_resume_skips_a_checkpoint_cut_short(tiny_config, damage):
+    """A kill or a full disk during a save leaves the newest checkpoint incomplete: resume falls back
+    to the previous complete one, says so, and ends with the uninterrupted run's weights."""
+    from safetensors.torch import load_file
+
+    cfg = tiny_config(name="cut", training={"max_steps": 12, "eval_steps": 6, "save_steps": 6, "save_total_limit": 3})
+    first = tunelab.train(cfg)
+    expected = load_file(first.run_dir / "adapter" / "adapter_model.safetensors")
+    run = RunDir(first.run_dir)
+    newest = run.checkpoints / "checkpoint-12"
+    if damage == "no trainer state":
+        (newest / "trainer_state.json").unlink()
+    else:
+        weights = newest / "adapter_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
+    run.write_status(status="running")
+    result = tunelab.resume(run.path)
+    assert result.results["training"]["global_step"] == 12
+    assert "checkpoint-12 was incomplete" in (result.run_dir / "report.html").read_text()
+    got = load_file(result.run_dir / "adapter" / "adapter_model.safetensors")
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, rtol=1e-5, atol=1e-7)

@@ -96,11 +96,38 @@ class RunDir:
         rows = [json.loads(line) for line in self.metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
         write_jsonl_atomic(self.metrics, [r for r in rows if isinstance(r.get("step"), int) and r["step"] <= step])
 
-    def last_checkpoint(self) -> Path | None:
+    def checkpoint_dirs(self) -> list[Path]:
+        """checkpoint-N folders, newest first."""
         if not self.checkpoints.is_dir():
-            return None
+            return []
         found = [p for p in self.checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-        return max(found, key=lambda p: int(p.name.split("-")[-1])) if found else None
+        return sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+
+    def last_checkpoint(self) -> Path | None:
+        """The newest checkpoint that was written completely (a save cut short by a kill or a full
+        disk leaves a folder without trainer_state.json, or a truncated weights file)."""
+        return next((p for p in self.checkpoint_dirs() if checkpoint_problem(p) is None), None)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from (None when it is complete)."""
+    state = path / "trainer_state.json"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "no readable trainer_state.json"
+    from safetensors import SafetensorError, safe_open
+
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        return "no weights"
+    for file in weights:
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                f.keys()
+        except (OSError, SafetensorError) as err:
+            return f"{file.name} is unreadable ({err})"
+    return None
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from tunelab.methods.base import save_weights
 from tunelab.models.kinds import is_decoder_classifier
 from tunelab.models.loading import load_tokenizer, resolve_model
 from tunelab.progress import info
-from tunelab.runs.layout import write_json_atomic
+from tunelab.runs.layout import checkpoint_problem, write_json_atomic
 from tunelab.stages.base import Context, base_model_kwargs
 
 
@@ -177,6 +178,16 @@ def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict],
         # per-batch-mean losses: let Trainer divide them across accumulation steps
         trainer.model_accepts_loss_kwargs = False
     checkpoint = ctx.run.last_checkpoint() if ctx.resume else None
+    if ctx.resume:
+        for skipped in ctx.run.checkpoint_dirs():
+            if skipped == checkpoint:
+                break
+            # a save cut short: unusable, and in the way of the same step's save on this run
+            note = f"{skipped.name} was incomplete ({checkpoint_problem(skipped)}) and was removed; resuming from " + (
+                checkpoint.name if checkpoint else "the start")
+            shutil.rmtree(skipped)
+            ctx.notes.append(note)
+            info(f"[yellow]resume[/yellow] {note}")
     if ctx.resume and checkpoint is None:
         info("[yellow]no checkpoint found: training from the start[/yellow]")
     if checkpoint is not None:
