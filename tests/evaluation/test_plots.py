@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tunelab.errors import TunelabError
-from tunelab.evaluation.plots import plot_loss, plot_lr, read_metrics
+from tunelab.evaluation.plots import plot_loss, plot_lr
+from tunelab.runs.layout import read_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

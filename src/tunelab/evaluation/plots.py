@@ -7,48 +7,15 @@ state is touched and nothing ever opens a window.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 
-from tunelab.errors import TunelabError
-
-__all__ = ["plot_histograms", "plot_loss", "plot_lr", "plot_runs", "read_metrics"]
+__all__ = ["plot_histograms", "plot_loss", "plot_lr", "plot_runs"]
 
 _DPI = 110
 _FIGSIZE = (7.0, 4.0)
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """Read ``metrics.jsonl`` into a list of dicts, skipping blank lines.
-
-    A malformed *last* line (a write cut short by a crash) is skipped; a malformed line anywhere
-    else, or a line that is not a JSON object, raises `TunelabError` naming the file and line.
-    A missing file raises FileNotFoundError.
-    """
-    path = Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-    rows: list[dict] = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if i == last:
-                break
-            raise TunelabError(
-                f"invalid JSON: {exc.msg}", file=str(path), line=i + 1, expected="one JSON object per line"
-            ) from None
-        if not isinstance(row, dict):
-            raise TunelabError(
-                f"a line holds a {type(row).__name__}", file=str(path), line=i + 1, expected="a JSON object"
-            )
-        rows.append(row)
-    return rows
 
 
 def _number(value: Any) -> float | None:

@@ -57,7 +57,8 @@ def write_run_report(
 ) -> Path:
     """Draw the run's loss and learning-rate plots and write its ``report.html``; returns its path."""
     from tunelab.config import config_dict
-    from tunelab.evaluation.plots import plot_loss, plot_lr, read_metrics
+    from tunelab.evaluation.plots import plot_loss, plot_lr
+    from tunelab.runs.layout import read_metrics
 
     rows = read_metrics(run.metrics) if run.metrics.is_file() else []
     plot_loss(rows, run.loss_png)

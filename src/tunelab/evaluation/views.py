@@ -194,7 +194,8 @@ def _slice_table(comp: Comparison) -> StaticTable:
 def training_curves(metrics_files: dict[str, Path], out_dir: Path, *, per: str = "") -> Figures | None:
     """Loss and learning-rate curves of several runs (``{name: metrics.jsonl}``) on one plot each,
     written to ``out_dir``; None when none of the files can be read. ``per``: "fold" → "Loss per fold"."""
-    from tunelab.evaluation.plots import plot_runs, read_metrics
+    from tunelab.evaluation.plots import plot_runs
+    from tunelab.runs.layout import read_metrics
 
     curves: dict[str, list[dict]] = {}
     for name, path in metrics_files.items():

@@ -93,7 +93,7 @@ class RunDir:
         killed run logged after it are trained again, and must not appear twice on the curve."""
         if not self.metrics.is_file():
             return
-        rows = [json.loads(line) for line in self.metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = read_metrics(self.metrics)
         write_jsonl_atomic(self.metrics, [r for r in rows if isinstance(r.get("step"), int) and r["step"] <= step])
 
     def checkpoint_dirs(self) -> list[Path]:
@@ -101,12 +101,47 @@ class RunDir:
         if not self.checkpoints.is_dir():
             return []
         found = [p for p in self.checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-        return sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+        return sorted(found, key=checkpoint_step, reverse=True)
 
     def last_checkpoint(self) -> Path | None:
         """The newest checkpoint that was written completely (a save cut short by a kill or a full
         disk leaves a folder without trainer_state.json, or a truncated weights file)."""
         return next((p for p in self.checkpoint_dirs() if checkpoint_problem(p) is None), None)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Read ``metrics.jsonl`` into a list of dicts, skipping blank lines.
+
+    A malformed *last* line (a write cut short by a crash) is skipped; a malformed line anywhere
+    else, or a line that is not a JSON object, raises `TunelabError` naming the file and line.
+    A missing file raises FileNotFoundError.
+    """
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    rows: list[dict] = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if i == last:
+                break
+            raise TunelabError(
+                f"invalid JSON: {exc.msg}", file=str(path), line=i + 1, expected="one JSON object per line"
+            ) from None
+        if not isinstance(row, dict):
+            raise TunelabError(
+                f"a line holds a {type(row).__name__}", file=str(path), line=i + 1, expected="a JSON object"
+            )
+        rows.append(row)
+    return rows
+
+
+def checkpoint_step(path: Path) -> int:
+    """The optimizer step a checkpoint-N folder was saved at."""
+    return int(path.name.split("-")[-1])
 
 
 def checkpoint_problem(path: Path) -> str | None:

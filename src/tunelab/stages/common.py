@@ -13,7 +13,7 @@ from tunelab.methods.base import save_weights
 from tunelab.models.kinds import is_decoder_classifier
 from tunelab.models.loading import load_tokenizer, resolve_model
 from tunelab.progress import info
-from tunelab.runs.layout import checkpoint_problem, write_json_atomic
+from tunelab.runs.layout import checkpoint_problem, checkpoint_step, read_metrics, write_json_atomic
 from tunelab.stages.base import Context, base_model_kwargs
 
 
@@ -177,21 +177,7 @@ def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict],
     if build_trainer is None and LOSSES[stage.loss].per_batch_mean:
         # per-batch-mean losses: let Trainer divide them across accumulation steps
         trainer.model_accepts_loss_kwargs = False
-    checkpoint = ctx.run.last_checkpoint() if ctx.resume else None
-    if ctx.resume:
-        for skipped in ctx.run.checkpoint_dirs():
-            if skipped == checkpoint:
-                break
-            # a save cut short: unusable, and in the way of the same step's save on this run
-            note = f"{skipped.name} was incomplete ({checkpoint_problem(skipped)}) and was removed; resuming from " + (
-                checkpoint.name if checkpoint else "the start")
-            shutil.rmtree(skipped)
-            ctx.notes.append(note)
-            info(f"[yellow]resume[/yellow] {note}")
-    if ctx.resume and checkpoint is None:
-        info("[yellow]no checkpoint found: training from the start[/yellow]")
-    if checkpoint is not None:
-        ctx.run.truncate_metrics(int(checkpoint.name.split("-")[-1]))
+    checkpoint = resume_checkpoint(ctx) if ctx.resume else None
     started = time.time()
     with packed_attention(model) if packed else nullcontext():
         if args.eval_strategy != "no" and checkpoint is None:
@@ -210,6 +196,26 @@ def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict],
         "peak_memory_gib": round(peak_memory_gib(), 2),
         "trainer": trainer,
     }
+
+
+def resume_checkpoint(ctx: Context) -> Path | None:
+    """The checkpoint a resumed run continues from: the newest complete one. Newer ones a kill or a
+    full disk cut short are removed (unusable, and in the way of this run's save of the same step),
+    and metrics.jsonl loses the rows logged after it (those steps are trained again)."""
+    checkpoint = ctx.run.last_checkpoint()
+    for skipped in ctx.run.checkpoint_dirs():
+        if skipped == checkpoint:
+            break
+        note = (f"{skipped.name} was incomplete ({checkpoint_problem(skipped)}) and was removed; resuming from "
+                f"{checkpoint.name if checkpoint else 'the start'}")  # fmt: skip
+        shutil.rmtree(skipped)
+        ctx.notes.append(note)
+        info(f"[yellow]resume[/yellow] {note}")
+    if checkpoint is None:
+        info("[yellow]no checkpoint found: training from the start[/yellow]")
+    else:
+        ctx.run.truncate_metrics(checkpoint_step(checkpoint))
+    return checkpoint
 
 
 def _printer_callback() -> Any:
@@ -289,15 +295,12 @@ def learning_warnings(ctx: Context, base: dict[str, Any] | None, tuned: dict[str
     """Signs that a finished run learned nothing: its final logged train loss is not below the first, or
     the tuned model is not better than the base on held-out rows (by the interval of `check` when the
     stage gave per-row statistics, else by the stage's first headline metric)."""
-    import json
-
     from tunelab.evaluation.metrics import LOWER_IS_BETTER
 
     out = []
     losses = []
     if ctx.run.metrics.is_file():
-        rows = [json.loads(line) for line in ctx.run.metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
-        losses = [row["loss"] for row in rows if isinstance(row.get("loss"), int | float)]
+        losses = [row["loss"] for row in read_metrics(ctx.run.metrics) if isinstance(row.get("loss"), int | float)]
     if len(losses) >= 2 and losses[-1] >= losses[0]:
         out.append(f"the final train loss ({losses[-1]:.4g}) is not below the first ({losses[0]:.4g})")
     if check is not None:
