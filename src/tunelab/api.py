@@ -52,10 +52,12 @@ def train(
                 file=str(run.path),
                 expected="a new `name:`, --overwrite to replace it, or `tunelab train --resume RUN_DIR` to continue it",
             )
-        remove_owned(run.path, markers=(run.status_file.name,), what="a tunelab run")
-    run.start(resume=False)
-    run.config.write_text(dump_config(cfg), encoding="utf-8")
-    return _execute(cfg, run, resume=False)
+        with run.lock():  # never remove a run another process is writing
+            remove_owned(run.path, markers=(run.status_file.name,), what="a tunelab run")
+    with run.lock():
+        run.start(resume=False)
+        run.config.write_text(dump_config(cfg), encoding="utf-8")
+        return _execute(cfg, run, resume=False)
 
 
 def resume(run_dir: str | Path) -> TrainResult:
@@ -64,8 +66,9 @@ def resume(run_dir: str | Path) -> TrainResult:
 
     quiet_libraries()
     run, cfg = run_config(run_dir, complete=False)
-    run.start(resume=True)
-    return _execute(cfg, run, resume=True)
+    with run.lock():
+        run.start(resume=True)
+        return _execute(cfg, run, resume=True)
 
 
 def _execute(cfg: RunConfig, run: RunDir, *, resume: bool) -> TrainResult:

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tunelab.runs.layout import RunDir, read_metrics
 
 
@@ -28,3 +30,33 @@ def test_last_checkpoint_is_the_newest_complete_one(tmp_path):
     assert run.last_checkpoint().name == "checkpoint-8"
     (run.checkpoints / "checkpoint-8" / "model.safetensors").write_bytes(b"\x10\x00\x00")  # truncated weights
     assert run.last_checkpoint().name == "checkpoint-4"
+
+
+def test_a_run_in_use_is_refused_to_a_second_process(tiny_config):
+    """A second `train --overwrite` or `--resume` of a run another process holds stops with a clear
+    message and leaves the run as it was; once the holder is gone the run is free again."""
+    import subprocess
+    import sys
+
+    import tunelab
+    from tunelab.errors import TunelabError
+
+    cfg = tiny_config(name="held", training={"max_steps": 2, "save_steps": 1, "eval_steps": None})
+    first = tunelab.train(cfg)
+    run = RunDir(first.run_dir)
+    before = sorted(p.relative_to(run.path) for p in run.path.rglob("*"))
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom tunelab.runs import RunDir\n"
+                               f"with RunDir({str(run.path)!r}).lock():\n    print('held', flush=True)\n    time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(TunelabError, match=rf"another tunelab process \(pid {holder.pid}\) is using this run"):
+            tunelab.train(cfg, overwrite=True)
+        run.write_status(status="running")
+        with pytest.raises(TunelabError, match="another tunelab process"):
+            tunelab.resume(run.path)
+        assert sorted(p.relative_to(run.path) for p in run.path.rglob("*")) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert RunDir(tunelab.resume(run.path).run_dir).is_complete  # the lock died with its process

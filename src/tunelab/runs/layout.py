@@ -10,8 +10,15 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, runs are not guarded against a second process
+    fcntl = None  # type: ignore[assignment]
 
 from tunelab.errors import TunelabError
 
@@ -58,6 +65,34 @@ class RunDir:
     def write_status(self, **fields: Any) -> None:
         status = {**self.read_status(), **fields}
         write_json_atomic(self.status_file, status)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run for this process: a second process training, resuming or overwriting the same
+        run gets a clear message instead of both writing into one folder. The OS drops the lock when
+        the process ends, however it ends (kill -9 too), so there is never a stale lock to remove."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = (self.path / "run.lock").open("a+", encoding="utf-8")
+        try:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            raise TunelabError(
+                f"another tunelab process{f' (pid {holder})' if holder else ''} is using this run",
+                file=str(self.path),
+                expected="wait for it to finish or stop it, then try again",
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.close()  # releases the lock
 
     def start(self, *, resume: bool) -> None:
         self.path.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import random
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +136,6 @@ def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict],
     callbacks=)` instead, with its config class (`args_class`, e.g. TRL's RewardConfig, and its own
     fields in `extra_args`), and keeps everything else: arguments, callbacks, resume, packing, figures.
     """
-    import time
     from contextlib import nullcontext
 
     from transformers import EarlyStoppingCallback
@@ -142,8 +145,9 @@ def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict],
     from tunelab.training.packed_attention import packed_attention
     from tunelab.training.trainer import (
         MetricsFileCallback,
+        NonFiniteGuard,
         RichProgressCallback,
-        TokenCountingCollator,
+        RunTotals,
         training_arguments,
     )
 
@@ -157,8 +161,13 @@ def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict],
     packed = t.padding_free and stage_packs and method.packs_rows
     if t.padding_free and stage_packs and not method.packs_rows:
         ctx.notes.append(f"method {method.name} prepends virtual tokens per row: batches are padded, not packed")
-    collator = TokenCountingCollator(stage.kind.collator(ctx.tokenizer, padding_free=packed))
-    callbacks: list[Any] = [MetricsFileCallback(ctx.run.metrics), RichProgressCallback()]
+    checkpoint = resume_checkpoint(ctx) if ctx.resume else None
+    totals = RunTotals.from_checkpoint(checkpoint)
+    callbacks: list[Any] = [
+        MetricsFileCallback(ctx.run.metrics, seconds_before=totals.seconds_before),
+        RichProgressCallback(),
+        NonFiniteGuard(totals, run=ctx.run, lr=t.lr, check_gradients=ctx.precision != "fp16"),
+    ]
     if t.early_stopping_patience and args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
     if hasattr(model, "config"):
@@ -169,33 +178,76 @@ def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict],
         args=args,
         train_dataset=train_rows,
         eval_dataset=eval_rows or None,
-        data_collator=collator,
+        data_collator=stage.kind.collator(ctx.tokenizer, padding_free=packed),
         processing_class=ctx.tokenizer,
         callbacks=callbacks,
     )
     trainer.remove_callback(_printer_callback())
+    totals.attach(trainer)
     if build_trainer is None and LOSSES[stage.loss].per_batch_mean:
         # per-batch-mean losses: let Trainer divide them across accumulation steps
         trainer.model_accepts_loss_kwargs = False
-    checkpoint = resume_checkpoint(ctx) if ctx.resume else None
-    started = time.time()
-    with packed_attention(model) if packed else nullcontext():
-        if args.eval_strategy != "no" and checkpoint is None:
-            trainer.evaluate()  # step 0 of the loss curve: the validation loss before any training
-        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    seconds = time.time() - started
+    with packed_attention(model) if packed else nullcontext(), disk_full_message(ctx.run.path):
+        if checkpoint is not None and training_finished(checkpoint):
+            # killed after the last step (during the final evaluation or the report): the Trainer
+            # would train one step more than asked, so load the finished weights instead
+            load_finished(trainer, checkpoint, ctx)
+        else:
+            if args.eval_strategy != "no" and checkpoint is None:
+                trainer.evaluate()  # step 0 of the loss curve: the validation loss before any training
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if hasattr(model, "config"):
         model.config.use_cache = True
+    seconds, steps = totals.seconds, trainer.state.global_step
     return {
+        # the whole run's figures, over every process a resumed run took
         "train_seconds": round(seconds, 1),
-        "train_tokens": collator.tokens,
-        "train_tokens_per_second": round(collator.tokens / seconds, 1) if seconds > 0 else None,
-        "train_loss": round(output.training_loss, 4),
-        "global_step": trainer.state.global_step,
+        "train_tokens": totals.tokens,
+        "train_tokens_per_second": round(totals.tokens / seconds, 1) if seconds > 0 else None,
+        "train_loss": round(totals.loss_sum / steps, 4) if steps else None,
+        "global_step": steps,
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "peak_memory_gib": round(peak_memory_gib(), 2),
         "trainer": trainer,
     }
+
+
+def training_finished(checkpoint: Path) -> bool:
+    """Whether a checkpoint was saved at the run's last step."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    return state.get("max_steps", 0) > 0 and state.get("global_step", 0) >= state["max_steps"]
+
+
+def load_finished(trainer: Any, checkpoint: Path, ctx: Context) -> None:
+    """Put a finished run's trained weights (the best checkpoint's when the run keeps the best) into
+    `trainer`'s model, with the Trainer state they were saved with."""
+    from transformers import TrainerState
+
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    best = trainer.state.best_model_checkpoint
+    if trainer.args.load_best_model_at_end and best and Path(best).is_dir():
+        trainer._load_best_model()  # noqa: SLF001 - the Trainer's own end-of-training step
+    else:
+        trainer._load_from_checkpoint(str(checkpoint))  # noqa: SLF001 - the Trainer's own resume loader
+    note = f"{checkpoint.name} was saved after the last step: nothing left to train, its weights were loaded"
+    ctx.notes.append(note)
+    info(f"[yellow]resume[/yellow] {note}")
+
+
+@contextmanager
+def disk_full_message(run_dir: Path) -> Iterator[None]:
+    """A full disk during a save becomes one clear message (the previous checkpoint stays: the Trainer
+    removes old checkpoints only after a new one is written, and resume skips one cut short)."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise TunelabError(
+            f"the disk is full ({err.filename or 'while saving'})",
+            file=str(run_dir),
+            expected="free space, then `tunelab train --resume RUN_DIR` continues from the last complete checkpoint",
+        ) from err
 
 
 def resume_checkpoint(ctx: Context) -> Path | None:
@@ -213,8 +265,8 @@ def resume_checkpoint(ctx: Context) -> Path | None:
         info(f"[yellow]resume[/yellow] {note}")
     if checkpoint is None:
         info("[yellow]no checkpoint found: training from the start[/yellow]")
-    else:
-        ctx.run.truncate_metrics(checkpoint_step(checkpoint))
+    # the steps logged after the checkpoint (all of them, without one) are trained again
+    ctx.run.truncate_metrics(checkpoint_step(checkpoint) if checkpoint else -1)
     return checkpoint
 
 

@@ -14,29 +14,132 @@ from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
+from tunelab.errors import TunelabError
 from tunelab.progress import make_progress
+from tunelab.runs.layout import RunDir
 
 
-class TokenCountingCollator:
-    """Wraps a collator and counts the non-padding tokens it hands to training."""
+class RunTotals(TrainerCallback, ExportableState):
+    """Tokens, loss and seconds of the whole run, resumes included.
 
-    def __init__(self, collate: Any) -> None:
-        self.collate = collate
-        self.tokens = 0
+    Counted per micro-batch as it is trained (the collator also sees the batch the dataloader
+    prefetches past the last step): non-padding tokens (the attention mask, or every token of a
+    packed row) and the loss `training_step` returns, summed as Python floats so a resumed run adds
+    up to exactly what an uninterrupted one does. The figures so far are saved in each checkpoint's
+    trainer_state.json (`stateful_callbacks`), and `from_checkpoint` starts a resumed run from them.
+    """
 
-    def __call__(self, features: list[dict]) -> dict:
-        # every token sequence of a row: input_ids, or chosen_ids + rejected_ids of a preference pair
-        self.tokens += sum(len(v) for f in features for k, v in f.items() if k.endswith("_ids"))
-        return self.collate(features)
+    def __init__(self, tokens: int = 0, loss_sum: float = 0.0, seconds: float = 0.0) -> None:
+        self.tokens = tokens
+        self.loss_sum = loss_sum
+        self.seconds_before = seconds  # training time so far (earlier processes of a resumed run too)
+        self.started: float | None = None  # while training
+        self.last_loss: float | None = None
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Path | None) -> RunTotals:
+        if checkpoint is None:
+            return cls()
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        saved = state.get("stateful_callbacks", {}).get(cls.__name__, {}).get("attributes", {})
+        return cls(int(saved.get("tokens", 0)), float(saved.get("loss_sum", 0.0)), float(saved.get("seconds", 0.0)))
+
+    @property
+    def seconds(self) -> float:
+        return self.seconds_before + (time.time() - self.started if self.started is not None else 0.0)
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"tokens": self.tokens, "loss_sum": self.loss_sum, "seconds": self.seconds}}
+
+    def attach(self, trainer: Any) -> None:
+        """Count every micro-batch `trainer` trains (wraps its `training_step`)."""
+        trainer.add_callback(self)
+        step = trainer.training_step
+
+        def counted_step(model: Any, inputs: dict, *args: Any, **kwargs: Any) -> Any:
+            loss = step(model, inputs, *args, **kwargs)
+            self.tokens += batch_tokens(inputs)
+            self.last_loss = float(loss)
+            self.loss_sum += self.last_loss
+            return loss
+
+        trainer.training_step = counted_step
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+        self.started = time.time()
+
+    def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        self.seconds_before, self.started = self.seconds, None
+
+
+def batch_tokens(inputs: dict) -> int:
+    """Non-padding tokens of a collated batch: its attention mask(s), else every id (packed rows)."""
+    masks = [v for k, v in inputs.items() if k.endswith("attention_mask") and hasattr(v, "sum")]
+    if masks:
+        return int(sum(int(m.sum()) for m in masks))
+    return int(sum(v.numel() for k, v in inputs.items() if k.endswith("input_ids") and hasattr(v, "numel")))
+
+
+class TrainingDiverged(TunelabError):
+    """The loss, the gradients or the weights stopped being finite numbers."""
+
+
+class NonFiniteGuard(TrainerCallback):
+    """Stops the run when training stops being numbers, before the damage is written anywhere.
+
+    Before every optimizer step: the micro-batch losses and the gradients must be finite (so NaN
+    weights are never produced from them); before every save, evaluation and the end: the weights.
+    The Trainer's own `logging_nan_inf_filter` would hide a NaN loss in the logs and finish "complete"
+    with NaN weights. Under fp16 the gradient scaler skips steps with inf gradients by design, so
+    only the weights are checked there.
+    """
+
+    def __init__(self, totals: RunTotals, *, run: RunDir, lr: float, check_gradients: bool = True) -> None:
+        self.totals = totals
+        self.run = run
+        self.lr = lr
+        self.check_gradients = check_gradients
+        self.step_losses: list[float] = []
+
+    def _stop(self, step: int, what: str) -> None:
+        last = self.run.last_checkpoint()
+        kept = f"the last checkpoint is {last.name}" if last else "no checkpoint was written"
+        raise TrainingDiverged(
+            f"training stopped at step {step}: {what} not finite (NaN or inf); nothing was saved from it and {kept}",
+            file=str(self.run.path),
+            field="training.lr",
+            expected=f"a smaller learning rate than {self.lr:g} (or a max_grad_norm); the run is marked failed",
+        )
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+        import torch
+
+        step = state.global_step + 1
+        if self.totals.last_loss is not None and not math.isfinite(self.totals.last_loss):
+            self._stop(step, "the loss is")
+        if self.check_gradients and model is not None:
+            grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+            if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+                self._stop(step, "the gradients are")
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+        import torch
+
+        if model is None or not (control.should_save or control.should_evaluate or state.global_step >= state.max_steps):
+            return
+        weights = [p.detach() for p in model.parameters() if p.requires_grad]
+        if weights and not torch.isfinite(torch.nn.utils.get_total_norm(weights)):
+            self._stop(state.global_step, "the trained weights are")
 
 
 class MetricsFileCallback(TrainerCallback):
     """Appends every logged dict to metrics.jsonl (with step and wall time) as it happens."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, seconds_before: float = 0.0) -> None:
         self.path = path
-        self.start = time.time()
+        self.start = time.time() - seconds_before  # a resumed run's clock continues the earlier one's
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
         if not logs or not state.is_world_process_zero:
@@ -141,6 +244,7 @@ def training_arguments(cfg: Any, output_dir: Path, precision: str, *, has_eval: 
         data_seed=t.seed,
         report_to="none",
         disable_tqdm=True,  # replaced by RichProgressCallback
+        logging_nan_inf_filter=False,  # a NaN loss is logged as NaN (and NonFiniteGuard stops the run)
         remove_unused_columns=False,
         prediction_loss_only=True,  # eval needs the loss only; gathering full-vocab logits is slow
         dataloader_num_workers=0,
