@@ -14,7 +14,7 @@ from typing import Any
 
 from tunelab.config import RunConfig, dump_config, resolve_config
 from tunelab.errors import TunelabError
-from tunelab.paths import remove_owned
+from tunelab.paths import check_removable, remove_owned
 from tunelab.progress import quiet_libraries
 from tunelab.runs.layout import RunDir
 from tunelab.runs.loading import LoadedRun
@@ -52,8 +52,10 @@ def train(
                 file=str(run.path),
                 expected="a new `name:`, --overwrite to replace it, or `tunelab train --resume RUN_DIR` to continue it",
             )
+        markers = (run.status_file.name,)
+        check_removable(run.path, markers=markers, what="a tunelab run")  # before the lock file is written in it
         with run.lock():  # never remove a run another process is writing
-            remove_owned(run.path, markers=(run.status_file.name,), what="a tunelab run")
+            remove_owned(run.path, markers=markers, what="a tunelab run")
     with run.lock():
         run.start(resume=False)
         run.config.write_text(dump_config(cfg), encoding="utf-8")

@@ -174,12 +174,16 @@ def _validate(raw: dict[str, Any], file: str, lines: dict[tuple[str, ...], int])
 def prepare(cfg: PrepareConfig, out_dir: str | Path, *, base_dir: Path | None = None,
             overwrite: bool = False) -> PrepareResult:  # fmt: skip
     """Run the pipeline and write OUT/train.jsonl (+ validation.jsonl, test.jsonl) and OUT/prepare.json."""
-    out = Path(out_dir)
+    out = Path(out_dir).expanduser()
     names = ["train", "validation", "test", "prepare"]
     existing = [out / f"{n}.{'json' if n == 'prepare' else 'jsonl'}" for n in names]
     if not overwrite and any(p.exists() for p in existing):
         raise TunelabError("output folder already holds prepared data", file=str(out),
                            expected="a new --out folder, or --overwrite")  # fmt: skip
+    foreign = [p.name for p in existing[:3] if p.exists()] if not existing[3].exists() else []
+    if foreign:  # --overwrite replaces what an earlier prepare wrote (it left prepare.json), nothing else
+        raise TunelabError(f"refusing to replace {', '.join(foreign)}: no prepare.json beside it, so `tunelab data "
+                           "prepare` did not write it", file=str(out), expected="a new --out folder")  # fmt: skip
     label = resolve_source(cfg.input, base_dir)
     problems: list[Problem] = []
     dropped: dict[str, list[str]] = {}

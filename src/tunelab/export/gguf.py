@@ -290,8 +290,8 @@ def export_gguf(run_dir: str | Path, out: str | Path | None = None, *, dtype: st
 
     if dtype not in GGUF_DTYPES:
         raise TunelabError(f"unknown GGUF dtype {dtype!r}", field="--dtype", expected=", ".join(GGUF_DTYPES))
-    run_path = Path(run_dir)
-    path = Path(out) if out is not None else run_path / "export" / f"{run_path.name}-{dtype}.gguf"
+    run_path = Path(run_dir).expanduser()
+    path = Path(out).expanduser() if out is not None else run_path / "export" / f"{run_path.name}-{dtype}.gguf"
     if path.is_dir():
         path = path / f"{run_path.name}-{dtype}.gguf"
     if path.suffix != ".gguf":

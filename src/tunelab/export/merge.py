@@ -270,7 +270,7 @@ def write_merged(merged: Merged, out: Path) -> None:
 
 def merge_run(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "float32", overwrite: bool = False) -> MergeResult:
     """Merge a run and write the Hugging Face model directory OUT_DIR."""
-    out = Path(out_dir)
+    out = Path(out_dir).expanduser()
     _fresh_dir(out, overwrite)
     merged = merged_model(run_dir, dtype=dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -294,7 +294,7 @@ def export_adapter(run_dir: str | Path, out_dir: str | Path, *, overwrite: bool 
     from tunelab.models.loading import load_tokenizer, resolve_model
     from tunelab.runs.loading import run_config
 
-    out = Path(out_dir)
+    out = Path(out_dir).expanduser()
     _fresh_dir(out, overwrite)
     run, cfg = run_config(run_dir)
     adapter = run.path / METHODS[cfg.method].weights_dir

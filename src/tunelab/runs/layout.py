@@ -25,7 +25,7 @@ from tunelab.errors import TunelabError
 
 class RunDir:
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = Path(path).expanduser()
 
     # artefacts
     config = property(lambda self: self.path / "config.yaml")
