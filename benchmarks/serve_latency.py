@@ -55,11 +55,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run: Path, port: int, max_batch: int, threads: int | None) -> subprocess.Popen:
+def start_server(run: Path, port: int, max_batch: int, threads: int | None, **options: object) -> subprocess.Popen:
+    """`tunelab serve RUN` in its own process on 127.0.0.1:PORT (OPTIONS: more of serve's keywords)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TUNELAB_QUIET": "1"}
+    more = "".join(f"{k}={v!r}, " for k, v in options.items())
     code = (
         "import sys; from tunelab.serve.app import serve; "
-        f"serve({str(run)!r}, host='127.0.0.1', port={port}, max_batch={max_batch}, threads={threads!r}, "
+        f"serve({str(run)!r}, host='127.0.0.1', port={port}, max_batch={max_batch}, threads={threads!r}, {more}"
         "log=lambda s: None)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -2,8 +2,6 @@
 
 import inspect
 import json
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -12,6 +10,7 @@ import pytest
 
 import tunelab
 from inference.runs import PROMPTS
+from serve.servers import running
 
 KEY = "test-key-123"
 
@@ -25,23 +24,11 @@ def loaded(tiny_run):
 
 @pytest.fixture(scope="module")
 def server(loaded):
-    import uvicorn
-
     from tunelab.serve.app import create_app
 
-    app = create_app(loaded, api_key=KEY, model_id="tiny", max_batch=8, default_max_tokens=16)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started:
-        assert time.time() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.02)
-    host, port = srv.servers[0].sockets[0].getsockname()[:2]
-    assert host == "127.0.0.1"
-    yield app, f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=30)
+    app = create_app(loaded, api_key=KEY, model_id="tiny", max_batch=8, default_max_tokens=16)  # cap: 1024
+    with running(app) as url:
+        yield app, url
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +91,10 @@ def test_api_key_is_required(server):
     (json.dumps({"messages": [{"role": "robot", "content": "hi"}]}).encode(), 400, "messages.0.role"),
     (json.dumps({"messages": [{"role": "user", "content": "hi"}], "n": 2}).encode(), 400, "n=1"),
     (json.dumps({"messages": [{"role": "user", "content": "word " * 700}]}).encode(), 400, "maximum context length"),
+    (json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 600}).encode(), 400,
+     "maximum context length"),  # under the cap (1024), over the tiny model's 512 tokens
     (json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}).encode(), 400,
-     "maximum context length"),
+     "max_tokens is too large: 100000; this server allows at most 1024"),
     (b"x" * (3 * 1024 * 1024), 413, "larger than"),
 ])
 def test_bad_requests_get_openai_style_4xx(server, body, status, fragment):
@@ -114,6 +103,78 @@ def test_bad_requests_get_openai_style_4xx(server, body, status, fragment):
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert fragment in error["message"] and set(error) == {"message", "type", "param", "code"}
+
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize("fields, param, fragment", [
+    ({"seed": 2**64, "temperature": 1}, "seed", "from -2**63 to 2**64 - 1"),  # torch.Generator overflows
+    ({"seed": -(2**63) - 1}, "seed", "from -2**63 to 2**64 - 1"),
+    ({"temperature": 1e-45}, "temperature", "0 (greedy) or at least 1e-05"),  # logits / t overflow to inf
+    ({"temperature": 9e-6}, "temperature", "0 (greedy) or at least 1e-05"),
+    ({"max_tokens": 1025}, "max_tokens", "max_tokens is too large: 1025"),
+    ({"max_completion_tokens": 1025}, "max_completion_tokens", "max_completion_tokens is too large: 1025"),
+    ({"max_completion_tokens": 600}, "max_completion_tokens", "maximum context length"),
+])
+def test_values_the_sampler_cannot_take_are_refused_naming_the_field(server, fields, param, fragment):
+    r = httpx.post(server[1] + "/v1/chat/completions", json={"messages": HI, **fields},
+                   headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and fragment in error["message"] and error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("fields", [
+    {"seed": 2**64 - 1, "temperature": 1}, {"seed": -(2**63), "temperature": 1}, {"temperature": 1e-5},
+    {"max_tokens": 3, "user": "someone", "frequency_penalty": 0},  # unknown and ignored fields are fine
+])
+def test_the_edges_of_those_ranges_are_served(server, fields):
+    r = httpx.post(server[1] + "/v1/chat/completions", json={"messages": HI, "max_tokens": 3, **fields},
+                   headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert 0 < r.json()["usage"]["completion_tokens"] <= 3
+
+
+@pytest.mark.parametrize("body", [b'{"messages": [], "temperature": NaN}', b'{"messages": [], "top_p": Infinity}'])
+def test_non_json_numbers_are_refused(server, body):
+    r = httpx.post(server[1] + "/v1/chat/completions", content=body,
+                   headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    assert "is not valid JSON" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", "application/jsonp"])
+def test_posts_must_be_json(server, content_type):
+    body = json.dumps({"messages": HI, "max_tokens": 2}).encode()  # valid JSON, sent as a browser form could
+    headers = {"Authorization": f"Bearer {KEY}"} | ({"Content-Type": content_type} if content_type else {})
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        r = httpx.post(server[1] + path, content=body, headers=headers)
+        assert r.status_code == 415, r.text
+        error = r.json()["error"]
+        assert error["code"] == "unsupported_media_type" and "Content-Type must be application/json" in error["message"]
+        assert set(error) == {"message", "type", "param", "code"}
+    ok = httpx.post(server[1] + "/v1/chat/completions", content=body,
+                    headers={"Authorization": f"Bearer {KEY}", "Content-Type": "Application/JSON; charset=utf-8"})
+    assert ok.status_code == 200, ok.text
+
+
+def test_no_cors_headers_and_preflight_grants_nothing(server, loaded):
+    from tunelab.serve.app import create_app
+
+    origin = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST",
+              "Access-Control-Request-Headers": "content-type, authorization"}
+    with running(create_app(loaded, model_id="open")) as keyless:  # the case that matters: no API key
+        for base, auth in ((server[1], {"Authorization": f"Bearer {KEY}"}), (keyless, {})):
+            pre = httpx.options(base + "/v1/chat/completions", headers=origin)
+            assert pre.status_code >= 400
+            got = httpx.post(base + "/v1/chat/completions", json={"messages": HI, "max_tokens": 2},
+                             headers={**auth, "Origin": "https://evil.example"})
+            assert got.status_code == 200
+            models = httpx.get(base + "/v1/models", headers={**auth, "Origin": "https://evil.example"})
+            for r in (pre, got, models):
+                assert not [h for h in r.headers if h.lower().startswith("access-control-")], r.headers
 
 
 def test_unknown_routes_and_the_openai_client_errors(server, client):

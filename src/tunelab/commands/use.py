@@ -163,7 +163,11 @@ def serve(
     model_name: str = typer.Option(None, "--model-name", help="model id reported by /v1/models (default: run name)"),
     max_batch: int = typer.Option(8, "--max-batch", min=1, help="most queued requests decoded together"),
     max_tokens: int = typer.Option(512, "--max-tokens", min=1, help="default completion length when a request "
-                                   "gives none"),
+                                   "gives none (at most --max-tokens-cap)"),
+    max_tokens_cap: int = typer.Option(1024, "--max-tokens-cap", min=1, help="most completion tokens one request "
+                                       "may ask for (400 above)"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="run model code shipped with the "
+                                           "run, if its config asks for it (only for runs you trust)"),
     threads: int = typer.Option(None, "--threads", min=1, help="CPU threads for the model (default: torch's; "
                                 "1 is steadier on a busy machine)"),
 ) -> None:
@@ -171,8 +175,8 @@ def serve(
     from tunelab.serve.app import serve as run_server
 
     run_server(run, host=host, port=port, api_key=api_key or None, model_id=model_name, max_batch=max_batch,
-               default_max_tokens=max_tokens, threads=threads,
-               log=lambda line: err.print(line, markup=False, highlight=False))
+               default_max_tokens=max_tokens, max_tokens_cap=max_tokens_cap, trust_remote_code=trust_remote_code,
+               threads=threads, log=lambda line: err.print(line, markup=False, highlight=False))
 
 
 def register(app: typer.Typer) -> None:

@@ -38,16 +38,19 @@ class SamplingOptions:
 
 @dataclass
 class Sequence:
-    """One row to decode; `on_text` receives each new piece of text (called on the decoding thread)."""
+    """One row to decode; `on_text` receives each new piece of text (called on the decoding thread).
+    `pause`, asked after each new token, parks the row ("paused"); the next `decode` of it resumes where it
+    stopped (same tokens, text and sampler), so a scheduler can let other rows in between."""
 
     prompt_ids: list[int]
     options: SamplingOptions
     on_text: Callable[[str], None] | None = None
     cancelled: Callable[[], bool] | None = None
+    pause: Callable[[], bool] | None = None
     # filled in while decoding
     token_ids: list[int] = field(default_factory=list)  # new tokens, without the final EOS
     text: str = ""
-    finish_reason: str | None = None  # "stop" (EOS or a stop string), "length", "cancelled"
+    finish_reason: str | None = None  # "stop" (EOS or a stop string), "length", "cancelled"; "paused": not yet
     _sent: int = 0  # characters of `text` already handed to on_text
     _cut: bool = False  # `text` was cut at a stop string
     _generator: Any = None
@@ -84,7 +87,7 @@ def generate_from_ids(
 
 def decode(model: Any, tokenizer: Any, rows: list[Sequence], *, batch_size: int = 16, description: str = "generate",
            show_progress: bool = False) -> list[Sequence]:  # fmt: skip
-    """Decode every row to its end (EOS, a stop string, its token limit or cancellation)."""
+    """Decode every row to its end (EOS, a stop string, its token limit or cancellation) or its pause."""
     if not rows:
         return rows
     eos = eos_ids(model, tokenizer)
@@ -158,6 +161,9 @@ def _forward_params(model: Any) -> set[str]:
 
 
 def _prepare(row: Sequence) -> None:
+    if row.finish_reason == "paused":  # resumed: keeps its tokens, text and sampler
+        row.finish_reason = None
+        return
     row.token_ids, row.text, row.finish_reason, row._sent, row._cut = [], "", None, 0, False
     if not row.options.greedy:
         import torch
@@ -193,6 +199,9 @@ def _advance(row: Sequence, token: int, tokenizer: Any, eos: set[int]) -> bool:
             _emit(row, final=False)
     if len(row.token_ids) >= row.options.max_new_tokens:
         _finish(row, "length", tokenizer)
+        return False
+    if row.pause is not None and row.pause():
+        row.finish_reason = "paused"
         return False
     return True
 
@@ -253,12 +262,13 @@ def _shrink_to(live: int, current: int, device_type: str) -> bool:
 def _left_padded(rows: list[Sequence], pad: int, device: Any) -> tuple[Any, Any]:
     import torch
 
-    width = max(len(r.prompt_ids) for r in rows)
+    seqs = [r.prompt_ids + r.token_ids for r in rows]  # token_ids: what a resumed row already has
+    width = max(len(s) for s in seqs)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids, dtype=torch.long)
-        mask[i, width - len(r.prompt_ids) :] = 1
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s) :] = 1
     return ids.to(device), mask.to(device)
 
 

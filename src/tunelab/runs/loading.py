@@ -59,9 +59,10 @@ def run_config(run_dir: str | Path, *, complete: bool = True) -> tuple[RunDir, R
     return run, cfg
 
 
-def load_run(run_dir: str | Path, *, base: bool = False) -> LoadedRun:
+def load_run(run_dir: str | Path, *, base: bool = False, trust_remote_code: bool | None = None) -> LoadedRun:
     """The trained model of a complete run, or with `base=True` its base model exactly as training
-    started from it (4-bit for QLoRA), prompted with the run's own format."""
+    started from it (4-bit for QLoRA), prompted with the run's own format. `trust_remote_code`
+    overrides the run config's `model.trust_remote_code` (a server given someone else's run passes False)."""
     from tunelab.inference.prompts import prompt_shape
     from tunelab.methods.registry import METHODS
     from tunelab.models.loading import load_model, load_tokenizer, resolve_model
@@ -87,6 +88,8 @@ def load_run(run_dir: str | Path, *, base: bool = False) -> LoadedRun:
     # whole-model methods saved a complete model; adapters go on top of the (maybe 4-bit) base
     path = weights if method.saves_whole_model and not base else resolve_model(cfg.model.name).path
     kwargs = base_model_kwargs(stage, method, cfg, choose_precision(cfg.training.precision), tokenizer, labels)
+    if trust_remote_code is not None:
+        kwargs["trust_remote_code"] = trust_remote_code
     model = load_model(path, stage.model_kind, **kwargs)
     if not base:
         model = method.load(model, weights)

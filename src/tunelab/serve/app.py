@@ -4,10 +4,17 @@
 - Chat prompts are formatted with the run's training template, token for token as `tunelab
   generate` does, so a greedy chat answer equals `tunelab generate`'s. `/v1/completions` continues
   the prompt as raw text.
-- One worker thread owns the model. Requests wait in a bounded queue; whatever has queued up while
-  the model was busy is decoded together as one batch (up to `max_batch` rows), and each row streams
-  its own tokens. The model is never used by two threads at once.
+- One worker thread owns the model (`engine.py`). Requests wait in a bounded queue; whatever has
+  queued up while the model was busy is decoded together as one batch (up to `max_batch` rows), and
+  each row streams its own tokens. While requests wait, a running row yields after `chunk_tokens`
+  tokens so that they join the next batch (a long answer does not hold up short ones), and a batch
+  that fails is retried row by row (one bad row does not fail its neighbours).
+- `max_tokens` (or `max_completion_tokens`) above `max_tokens_cap` is refused with a 400 naming the
+  field, as OpenAI refuses more than a model's completion limit; it is not clamped.
 - With an API key, every request needs `Authorization: Bearer KEY` (401 otherwise).
+- Browsers: no CORS headers are ever sent (a preflight grants nothing), and POSTs must be
+  `Content-Type: application/json` (415 otherwise), so a web page cannot drive a key-less local server
+  with a "simple" cross-site form or `text/plain` request.
 - Bad input gets an OpenAI-style JSON error with a 4xx status: {"error": {"message", "type",
   "param", "code"}}; only a bug inside the server is a 500.
 """
@@ -34,18 +41,29 @@ from tunelab.serve.engine import Engine, Job
 from tunelab.serve.schemas import ApiError, ChatRequest, CompletionRequest, SamplingBody, validation_message
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
+DEFAULT_MAX_TOKENS_CAP = 1024
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 # -- the app -------------------------------------------------------------------------------------
 
 
 def create_app(loaded: Any, *, api_key: str | None = None, model_id: str | None = None, max_batch: int = 8,
-               max_queue: int = 64, default_max_tokens: int = 512, engine: Engine | None = None) -> Any:
-    """The FastAPI app serving LOADED (a `tunelab.api.LoadedRun` of a generative run)."""
+               max_queue: int = 64, default_max_tokens: int = 512, max_tokens_cap: int = DEFAULT_MAX_TOKENS_CAP,
+               chunk_tokens: int = 32, engine: Engine | None = None) -> Any:
+    """The FastAPI app serving LOADED (a `tunelab.api.LoadedRun` of a generative run). A request may ask
+    for at most `max_tokens_cap` new tokens (400 above); one that names none gets `default_max_tokens`
+    (at most the cap)."""
     from contextlib import asynccontextmanager
 
     loaded.require_generative()
-    engine = engine or Engine(loaded, max_batch=max_batch, max_queue=max_queue)
+    if max_tokens_cap < 1:
+        raise ValueError("max_tokens_cap must be at least 1")
+    default_max_tokens = min(default_max_tokens, max_tokens_cap)
+    engine = engine or Engine(loaded, max_batch=max_batch, max_queue=max_queue, chunk_tokens=chunk_tokens)
     model_id = model_id or loaded.run.path.name
     created = int(time.time())
     tokenizer = loaded.tokenizer
@@ -95,6 +113,10 @@ def create_app(loaded: Any, *, api_key: str | None = None, model_id: str | None 
         return await call_next(request)
 
     async def parse(request: Request, cls: type[BaseModel]) -> Any:
+        content_type = request.headers.get("content-type", "")
+        if content_type.partition(";")[0].strip().lower() != "application/json":
+            got = f"got {content_type!r}" if content_type else "none given"
+            raise ApiError(415, f"Content-Type must be application/json ({got})", code="unsupported_media_type")
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             raise ApiError(413, f"request body is larger than {MAX_BODY_BYTES} bytes", code="request_too_large")
@@ -105,7 +127,7 @@ def create_app(loaded: Any, *, api_key: str | None = None, model_id: str | None 
                 raise ApiError(413, f"request body is larger than {MAX_BODY_BYTES} bytes", code="request_too_large")
             chunks.append(chunk)
         try:
-            data = json.loads(b"".join(chunks))
+            data = json.loads(b"".join(chunks), parse_constant=_no_constant)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"could not parse the request body as JSON: {exc}", code="invalid_json") from None
         if not isinstance(data, dict):
@@ -118,17 +140,21 @@ def create_app(loaded: Any, *, api_key: str | None = None, model_id: str | None 
         body.check_supported()
         return body
 
-    def sampling(body: SamplingBody, n_prompt: int, requested: int | None) -> SamplingOptions:
+    def sampling(body: SamplingBody, n_prompt: int, requested: int | None,
+                 param: str = "max_tokens") -> SamplingOptions:
         limit = engine.context
         if limit is not None and n_prompt >= limit:
             raise ApiError(400, f"the prompt is {n_prompt} tokens; this model's maximum context length is {limit} "
                            "tokens", param="messages" if isinstance(body, ChatRequest) else "prompt",
                            code="context_length_exceeded")
+        if requested is not None and requested > max_tokens_cap:
+            raise ApiError(400, f"{param} is too large: {requested}; this server allows at most {max_tokens_cap} "
+                           "completion tokens per request", param=param, code="invalid_value")
         room = (limit - n_prompt) if limit is not None else default_max_tokens
         if requested is not None and requested > room:
             raise ApiError(400, f"this model's maximum context length is {limit} tokens; you requested {n_prompt + requested}"
                            f" ({n_prompt} in the prompt, {requested} for the completion)",
-                           param="max_tokens", code="context_length_exceeded")
+                           param=param, code="context_length_exceeded")
         max_tokens = requested if requested is not None else min(default_max_tokens, room)
         temperature = 1.0 if body.temperature is None else body.temperature
         top_p = 1.0 if body.top_p is None else body.top_p
@@ -224,7 +250,10 @@ def create_app(loaded: Any, *, api_key: str | None = None, model_id: str | None 
         except Exception as exc:  # noqa: BLE001 - a template that rejects these messages (e.g. no system role)
             raise ApiError(400, f"messages: cannot be formatted with this model's chat template: {exc}",
                            param="messages") from None
-        options = sampling(body, len(ids), body.max_completion_tokens or body.max_tokens)
+        if body.max_completion_tokens is not None:
+            options = sampling(body, len(ids), body.max_completion_tokens, "max_completion_tokens")
+        else:
+            options = sampling(body, len(ids), body.max_tokens)
         job, events = await run_job(ids, options)
         base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model_id,
                 "system_fingerprint": None}
@@ -261,7 +290,7 @@ def create_app(loaded: Any, *, api_key: str | None = None, model_id: str | None 
             ids = tokenizer(prompt)["input_ids"]
         if not ids:
             raise ApiError(400, "prompt: is empty", param="prompt")
-        options = sampling(body, len(ids), body.max_tokens if body.max_tokens is not None else None)
+        options = sampling(body, len(ids), body.max_tokens)
         job, events = await run_job(ids, options)
         base = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": model_id,
                 "system_fingerprint": None}
@@ -294,24 +323,33 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(run_dir: Any, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          model_id: str | None = None, max_batch: int = 8, default_max_tokens: int = 512, threads: int | None = None,
+          model_id: str | None = None, max_batch: int = 8, default_max_tokens: int = 512,
+          max_tokens_cap: int = DEFAULT_MAX_TOKENS_CAP, trust_remote_code: bool = False, threads: int | None = None,
           log: Callable[[str], None] = print) -> None:
-    """Load a run and serve it until interrupted (`tunelab serve`)."""
+    """Load a run and serve it until interrupted (`tunelab serve`). The run's model is loaded without
+    running code shipped with it unless `trust_remote_code` (a run directory may come from anyone)."""
     import uvicorn
 
-    from tunelab.api import load_run
+    from tunelab.errors import TunelabError
+    from tunelab.runs.loading import load_run, run_config
 
+    run, cfg = run_config(run_dir)
+    if cfg.model.trust_remote_code and not trust_remote_code:
+        raise TunelabError("model.trust_remote_code is true: serving this run would run code shipped with its model; "
+                           "pass --trust-remote-code if you trust this run", file=str(run.config))
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    loaded = load_run(run_dir)
+    # explicit, so the loader never takes it from the config alone; with the flag, as the run asks
+    loaded = load_run(run_dir, trust_remote_code=trust_remote_code and cfg.model.trust_remote_code)
     app = create_app(loaded, api_key=api_key, model_id=model_id, max_batch=max_batch,
-                     default_max_tokens=default_max_tokens)
+                     default_max_tokens=default_max_tokens, max_tokens_cap=max_tokens_cap)
     name = model_id or loaded.run.path.name
     shown = f"[{host}]" if ":" in host else host
     log(f"serving {loaded.run.path} as model {name!r} on http://{shown}:{port}/v1 "
-        f"({'API key required' if api_key else 'no API key'}; batches of up to {max_batch}); Ctrl-C stops")
+        f"({'API key required' if api_key else 'no API key'}; batches of up to {max_batch}; at most {max_tokens_cap} "
+        "tokens per answer); Ctrl-C stops")
     if not is_loopback(host) and not api_key:
         log(f"warning: listening on {host} without --api-key: anyone who can reach this port can use the model")
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # -- errors --------------------------------------------------------------------------------------
 
@@ -51,6 +51,12 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+# What the sampler can take: torch.Generator.manual_seed overflows outside this range, and below
+# MIN_TEMPERATURE logits / temperature overflow float32 to inf (the sampler's probabilities become NaN).
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+MIN_TEMPERATURE = 1e-5
+
+
 class SamplingBody(Body):
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
@@ -62,6 +68,20 @@ class SamplingBody(Body):
     stop: str | list[str] | None = None
     seed: int | None = None
     logprobs: bool | int | None = None
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_in_range(cls, seed: int | None) -> int | None:
+        if seed is not None and not SEED_MIN <= seed <= SEED_MAX:
+            raise ValueError("must be an integer from -2**63 to 2**64 - 1")
+        return seed
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature_not_tiny(cls, temperature: float | None) -> float | None:
+        if temperature is not None and 0 < temperature < MIN_TEMPERATURE:
+            raise ValueError(f"must be 0 (greedy) or at least {MIN_TEMPERATURE:g}")
+        return temperature
 
     def stops(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -116,4 +136,6 @@ def validation_message(exc: ValidationError) -> tuple[str, str | None]:
     msg = err.get("msg", "invalid value")
     if err.get("type") == "missing":
         msg = "required field is missing"
+    elif err.get("type") == "value_error":
+        msg = msg.removeprefix("Value error, ")
     return (f"{loc}: {msg}" if loc else msg), (loc or None)
