@@ -127,3 +127,20 @@ def test_learning_rate_zero_is_allowed_but_not_negative():
     assert config_from_dict({"data": {"train": "x.jsonl"}, "training": {"lr": 0}}).training.lr == 0
     with pytest.raises(TunelabError, match="training.lr"):
         config_from_dict({"data": {"train": "x.jsonl"}, "training": {"lr": -1e-4}})
+
+
+def test_key_lines_give_list_items_their_own_lines():
+    from tunelab.yaml_files import key_lines
+
+    lines = key_lines("lora:\n  target_modules:\n    - q_proj\n    - v_proj\n  modules_to_save: [a, b]\n")
+    assert lines[("lora", "target_modules", "1")] == 4 and lines[("lora", "modules_to_save", "1")] == 5
+
+
+def test_non_finite_numbers_and_nul_strings_are_refused_anywhere_with_their_line(tmp_path):
+    path = write(tmp_path, "data:\n  train: x.jsonl\ntraining:\n  lr: .inf\n")
+    with pytest.raises(TunelabError, match=r"run.yaml:4: training.lr: got inf \(expected a finite number\)"):
+        load_config(path)
+    with pytest.raises(TunelabError, match="given by --set"):
+        load_config(write(tmp_path, "data:\n  train: x.jsonl\n"), ["training.epochs=nan"])
+    with pytest.raises(TunelabError, match="data.train: the value contains a NUL character"):
+        config_from_dict({"data": {"train": "a\0b.jsonl"}})

@@ -125,13 +125,19 @@ def validate(
     config: Path = typer.Argument(..., help="run config (YAML)"),
     set_: list[str] = typer.Option(None, "--set", help="override a config key"),
 ) -> None:
-    """Check a config without training; print it resolved."""
-    from tunelab.config import dump_config, load_config
+    """Check a config without training (its data paths are not read: `tunelab data check CONFIG`), also
+    against the model's config.json when the model is available here; print it resolved."""
+    from tunelab.config import check_before_loading, dump_config, load_config
+    from tunelab.progress import quiet_libraries
 
     cfg = load_config(config, set_)
+    quiet_libraries()
+    notes = check_before_loading(cfg, strict=False)
     out.print(dump_config(cfg), markup=False, highlight=False)
     if cfg.method_defaults_note():
         err.print(cfg.method_defaults_note(), markup=False, highlight=False)
+    for note in notes:
+        err.print(f"note: {note}", markup=False, highlight=False)
     err.print(f"[green]ok[/green] {config}")
 
 
@@ -140,10 +146,17 @@ from tunelab.commands import register_all  # noqa: E402  (after the core command
 register_all(app)
 
 
-def main() -> None:
-    """Entry point: typer reports its own usage errors (exit 2); ours become one line + exit 2."""
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: typer reports its own usage errors (exit 2); ours become one line + exit 2.
+    `argv` (default: the command line) lets tests run the CLI in-process."""
+    global _debug
+    _debug = False
     try:
-        app()
+        args = sys.argv[1:] if argv is None else list(argv)
+        for arg in args:
+            if "\0" in arg:
+                raise TunelabError(f"argument {arg!r} contains a NUL character", expected="paths and values without NUL")
+        app(args=args, prog_name="tunelab")
     except TunelabError as exc:
         if _debug:
             import traceback

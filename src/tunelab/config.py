@@ -2,13 +2,24 @@
 
 Errors name the YAML file, the line of the offending key, the dotted key and what was expected,
 and unknown keys get a did-you-mean — a config mistake must never surface as a traceback deep
-inside training.
+inside training. Besides each key's own type and range: no value anywhere may be a non-finite number,
+an integer too large for a C long, or a string with a NUL or a lone surrogate (no file name, prompt or
+tokenizer takes them); templates are parsed here; the split fractions must leave rows to train on;
+a label set needs two distinct labels. `check_before_loading` adds what needs the file system or the
+model's config.json (not its weights): the output folder, `data.max_length` against the model's
+positions and the method's module names against the model's modules, built on the meta device.
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
+import functools
+import importlib.util
+import math
 import os
+import re
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,17 +36,28 @@ from pydantic import (
 )
 
 from tunelab.data.shapes import ROW_SHAPES, known_shape
+from tunelab.data.templates import parse_template
 from tunelab.errors import TunelabError
 from tunelab.methods.registry import METHODS
 from tunelab.paths import check_folder_name
 from tunelab.stages.registry import STAGES
-from tunelab.yaml_files import key_lines, merge_dicts, parse_overrides, read_mapping
+from tunelab.yaml_files import key_lines, merge_dicts, override_keys, parse_overrides, read_mapping
+
+MAX_INT = 2**63 - 1  # what a C long holds: torch, numpy and the tokenizers take no larger integer
+
+
+class _AtKey(ValueError):
+    """A whole-config check's error about one key (pydantic would place it at the top level)."""
+
+    def __init__(self, message: str, loc: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.loc = loc
 
 
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelSection(Section):
@@ -67,6 +89,16 @@ class DataSection(Section):
     def _known_shape(cls, v: str) -> str:
         return known_shape(v, hint=_did_you_mean(v, ["auto", *ROW_SHAPES]))
 
+    @field_validator("template")
+    @classmethod
+    def _template_parses(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                parse_template(v)
+            except TunelabError as err:
+                raise ValueError(f"{err.message} (expected {err.expected})") from None
+        return v
+
 
 class TrainingSection(Section):
     epochs: float = Field(1.0, gt=0)
@@ -80,7 +112,7 @@ class TrainingSection(Section):
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
-    optimizer: str = Field("adamw_torch", description="any transformers `optim` name")
+    optimizer: str = Field("adamw_torch", description="any transformers `optim` name (OptimizerNames)")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 on GPUs and CPUs that support it, else fp32"
     )
@@ -92,8 +124,17 @@ class TrainingSection(Section):
     save_total_limit: int = Field(2, gt=0)
     early_stopping_patience: int | None = Field(None, gt=0, description="stop after N evals without improvement")
     load_best_model_at_end: bool = Field(True, description="keep the checkpoint with the lowest eval loss")
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="numpy's seeds are 32-bit")
     threads: int | None = Field(None, gt=0, description="CPU threads for torch (None = torch's default)")
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, v: str) -> str:
+        names = optimizer_names() if v != "adamw_torch" else None
+        if names and v not in names:
+            raise ValueError(f"unknown optimizer {v!r}{_did_you_mean(v, names)}; expected a transformers optimizer "
+                             "name such as adamw_torch, adamw_torch_fused, adafactor, sgd")  # fmt: skip
+        return v
 
 
 class EvaluationSection(Section):
@@ -115,6 +156,7 @@ class _RunConfigBase(Section):
     training: TrainingSection = Field(default_factory=TrainingSection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     _source_dir: Path | None = PrivateAttr(None)  # relative data paths resolve here (the config's folder)
+    _where: _Where | None = PrivateAttr(None)  # the file and key lines it was read from, for later errors
     _method_defaults: dict[str, Any] = PrivateAttr(default_factory=dict)  # "training.lr" → value filled in
 
     @field_validator("name")
@@ -146,7 +188,7 @@ class _RunConfigBase(Section):
     def _options_match_task(self) -> _RunConfigBase:
         for name, task in STAGES.items():
             if name != self.task and name in self.model_fields_set and task.options is not None:
-                raise ValueError(f"options section '{name}:' given but task is '{self.task}'; set task: {name}")
+                raise _AtKey(f"options section '{name}:' given but task is '{self.task}'; set task: {name}", (name,))
         return self
 
     @model_validator(mode="after")
@@ -159,8 +201,8 @@ class _RunConfigBase(Section):
                     if METHODS[self.method].options is not None
                     else f" (method '{self.method}' has no options)"
                 )
-                raise ValueError(
-                    f"options section '{name}:' given but method is '{self.method}'; set method: {name}{where}"
+                raise _AtKey(
+                    f"options section '{name}:' given but method is '{self.method}'; set method: {name}{where}", (name,)
                 )
         return self
 
@@ -173,7 +215,7 @@ class _RunConfigBase(Section):
                 self.training.__dict__[key] = value
                 self._method_defaults[f"training.{key}"] = value
         if self.training.lr is None:
-            raise ValueError(f"method {self.method!r} has no default learning rate: set training.lr")
+            raise _AtKey(f"method {self.method!r} has no default learning rate: set training.lr", ("training", "lr"))
         return self
 
     def method_defaults_note(self) -> str | None:
@@ -228,55 +270,172 @@ _TYPE_WORDS = {
     "int_type": "an integer",
     "float_parsing": "a number",
     "float_type": "a number",
+    "finite_number": "a finite number",
     "bool_parsing": "true or false",
     "bool_type": "true or false",
     "string_type": "a string",
     "dict_type": "a mapping",
     "model_type": "a mapping",
+    "list_type": "a list",
     "literal_error": None,
     "missing": None,
 }
 
 
-def _format_error(err: dict[str, Any], file: str, key_lines: dict[tuple[str, ...], int]) -> TunelabError:
+class _Where:
+    """Where a config came from: its file, the line of each key and the keys `--set` gave, so an error
+    found at any point (validation, the model's config.json) names the file, and the line where the
+    file gives one."""
+
+    def __init__(self, file: str, lines: dict[tuple[str, ...], int] | None = None,
+                 overridden: set[tuple[str, ...]] | None = None) -> None:  # fmt: skip
+        self.file = file
+        self.lines = lines or {}
+        self.overridden = overridden or set()
+
+    @staticmethod
+    def loc(field: str | None) -> tuple[str, ...]:
+        """"lora.target_modules[1]" → ("lora", "target_modules", "1")."""
+        return tuple(p for p in (field or "").replace("[", ".").replace("]", "").split(".") if p)
+
+    def line(self, loc: tuple[str, ...]) -> int | None:
+        for n in range(len(loc), 0, -1):  # the nearest enclosing key the file gives
+            if loc[:n] in self.overridden:
+                return None
+            if loc[:n] in self.lines:
+                return self.lines[loc[:n]]
+        return None
+
+    def error(self, message: str, *, field: str | None, expected: str | None = None, kind: str | None = "config",
+              loc: tuple[str, ...] | None = None) -> TunelabError:  # fmt: skip
+        loc = self.loc(field) if loc is None else loc
+        if any(loc[:n] in self.overridden for n in range(len(loc), 0, -1)):
+            message += " (given by --set)"
+        return TunelabError(message, file=self.file, line=self.line(loc), field=field, expected=expected, kind=kind)
+
+    def attach(self, err: TunelabError) -> TunelabError:
+        """`err` naming this config's file (and the line of its field) when it names no file of its own."""
+        if err.file is not None:
+            return err
+        field = err.field if err.field and not err.field.startswith("-") else None
+        new = self.error(err.message, field=field, expected=err.expected, kind=err.kind)
+        new.field = err.field
+        return new
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _format_error(err: dict[str, Any], where: _Where) -> TunelabError:
     loc = tuple(str(p) for p in err["loc"])
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, _AtKey):
+        loc = (*loc, *cause.loc)
     key = ".".join(loc) or "(top level)"
-    line = None
-    for n in range(len(loc), 0, -1):  # nearest enclosing key that exists in the file
-        if loc[:n] in key_lines:
-            line = key_lines[loc[:n]]
-            break
     kind = err["type"]
     if kind == "extra_forbidden":
-        return TunelabError(
-            f"unknown key{_did_you_mean(loc[-1], _section_fields(loc))}", file=file, line=line, field=key
-        )
+        return where.error(f"unknown key{_did_you_mean(loc[-1], _section_fields(loc))}", field=key, loc=loc, kind=None)
     if kind == "missing":
-        return TunelabError("required key is missing", file=file, line=line, field=key)
+        return where.error("required key is missing", field=key, loc=loc, kind=None)
     msg = err["msg"].removeprefix("Value error, ")
     expected = _TYPE_WORDS.get(kind)
-    got = err.get("input")
     if expected:
-        return TunelabError(f"got {got!r}", file=file, line=line, field=key, expected=expected)
-    return TunelabError(msg, file=file, line=line, field=key)
+        return where.error(f"got {_short(err.get('input'))}", field=key, loc=loc, expected=expected, kind=None)
+    return where.error(msg, field=key, loc=loc, kind=None)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_values(raw: Any, where: _Where) -> None:
+    """Refuse, anywhere in the config, what no option takes: a non-finite number (`.inf`, `.nan`), an
+    integer beyond a C long, a string with a NUL or a lone surrogate (neither is a path nor text a
+    tokenizer or a terminal takes)."""
+    stack: list[tuple[tuple[str, ...], Any]] = [((), raw)]
+    seen: set[int] = set()
+    while stack:
+        loc, value = stack.pop()
+        field = ".".join(loc) or "(top level)"
+        if isinstance(value, dict | list | tuple):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            items = list(value.items()) if isinstance(value, dict) else list(enumerate(value))
+            for k, _ in items:
+                if isinstance(k, str):
+                    _check_string(k, loc + (k,), where, "key")
+            stack.extend((loc + (str(k),), v) for k, v in reversed(items))
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise where.error(f"got {value!r}", field=field, loc=loc, expected="a finite number")
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            raise where.error(f"integer of {len(str(abs(value)))} digits is too large", field=field, loc=loc,
+                              expected=f"a number between -{MAX_INT} and {MAX_INT}")  # fmt: skip
+        elif isinstance(value, str):
+            _check_string(value, loc, where, "value")
+
+
+def _check_string(text: str, loc: tuple[str, ...], where: _Where, what: str) -> None:
+    field = ".".join(loc) or "(top level)"
+    if "\0" in text:
+        raise where.error(f"the {what} contains a NUL character", field=field.replace("\0", "\\0"), loc=loc,
+                          expected="text without NUL (\\0) characters")  # fmt: skip
+    bad = _SURROGATE.search(text)
+    if bad:
+        raise where.error(f"the {what} contains a lone UTF-16 surrogate (\\u{ord(bad.group()):04x}), which is "
+                          "not a character", field=field.encode("utf-8", "backslashreplace").decode(), loc=loc,
+                          expected="valid Unicode text")  # fmt: skip
+
+
+def _check_consistency(cfg: _RunConfigBase, where: _Where) -> None:
+    """What no single key gets wrong: the carved fractions must leave rows to train on; a label set
+    needs two labels, each once."""
+    d = cfg.data
+    carved = (d.validation is None) * d.split.validation + (d.test is None) * d.split.test
+    if carved >= 1:
+        raise where.error(f"validation {d.split.validation:g} + test {d.split.test:g} holds out {carved:.0%} of the "
+                          "training rows, leaving none to train on", field="data.split",
+                          expected="fractions that add up to less than 1, or validation/test files")  # fmt: skip
+    labels = getattr(cfg.task_options(), "labels", None)
+    if labels is not None:
+        field = f"{cfg.task}.labels"
+        if len(labels) < 2:
+            raise where.error(f"has {len(labels)} label{'' if len(labels) == 1 else 's'}", field=field,
+                              expected="at least two distinct labels, or none to use the labels in the data")  # fmt: skip
+        twice = next((label for i, label in enumerate(labels) if label in labels[:i]), None)
+        if twice is not None:
+            raise where.error(f"label {twice!r} is given twice", field=field, expected="each label once")
+
+
+def _validate(raw: Any, where: _Where) -> RunConfig:
+    _check_values(raw, where)
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise _format_error(exc.errors()[0], where) from exc
+    except TunelabError as err:  # a validator's own error (the shape table's, …)
+        raise where.attach(err) from None
+    _check_consistency(cfg, where)
+    cfg._where = where
+    return cfg
 
 
 def config_from_dict(raw: dict[str, Any], *, file: str = "<config>", text: str | None = None) -> RunConfig:
     """Validate a config mapping; `text` (the YAML source) lets errors carry line numbers."""
-    lines = key_lines(text) if text else {}
-    try:
-        return RunConfig.model_validate(raw)
-    except ValidationError as exc:
-        errors = exc.errors()
-        raise _format_error(errors[0], file, lines) from exc
+    return _validate(raw, _Where(file, key_lines(text) if text else {}))
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML run config, apply `--set` overrides, validate."""
     path = Path(path)
     raw, text = read_mapping(path, "a YAML run config")
-    raw = merge_dicts(raw, parse_overrides(overrides))
-    cfg = config_from_dict(raw, file=str(path), text=text)
+    where = _Where(str(path), key_lines(text), override_keys(overrides))
+    try:
+        extra = parse_overrides(overrides)
+    except TunelabError as err:
+        raise where.attach(err) from None
+    cfg = _validate(merge_dicts(raw, extra), where)
     cfg._source_dir = path.parent.resolve()  # relative data paths are read next to the config
     return cfg
 
@@ -297,6 +456,109 @@ def resolve_config(config: Any, overrides: list[str] | None = None) -> RunConfig
     cfg = config_from_dict(merge_dicts(raw, parse_overrides(overrides)))
     cfg._source_dir = config._source_dir
     return cfg
+
+
+@functools.cache
+def optimizer_names() -> tuple[str, ...] | None:
+    """transformers' optimizer names (`TrainingArguments.optim`, its `OptimizerNames`). Importing its
+    training module imports torch and bitsandbytes (seconds), so unless it is imported already the names
+    are read from its source; None when neither works (the name is then checked when training starts)."""
+    module = sys.modules.get("transformers.training_args")
+    if module is not None and hasattr(module, "OptimizerNames"):
+        return tuple(str(o.value) for o in module.OptimizerNames)
+    try:
+        spec = importlib.util.find_spec("transformers")
+        source = Path(spec.origin).with_name("training_args.py").read_text(encoding="utf-8")
+        for node in ast.parse(source).body:
+            if isinstance(node, ast.ClassDef) and node.name == "OptimizerNames":
+                return tuple(s.value.value for s in node.body if isinstance(s, ast.Assign)
+                             and isinstance(s.value, ast.Constant) and isinstance(s.value.value, str)) or None  # fmt: skip
+    except Exception:  # noqa: BLE001 - any failure only skips a check that training repeats
+        return None
+    return None
+
+
+# -- checks that need the file system or the model's config.json ------------------------------------
+
+
+def check_before_loading(cfg: _RunConfigBase, *, output_dir: bool = True, model: bool = True,
+                         strict: bool = True) -> list[str]:  # fmt: skip
+    """What a config gets wrong that only the file system or the model's config.json shows, found
+    before any weights load: an output folder that cannot be made (a file in its place), `data.max_length`
+    beyond the model's positions, and the method's module names (`lora.target_modules`,
+    `freeze.modules`, …) against the model's modules — a skeleton built from config.json on the meta
+    device (no weights, well under a second once transformers is imported). Errors name the config's file
+    and line. Returns notes on what could not be checked; with `strict=False` (`tunelab validate`) a
+    model that is not available here (offline hub, package not installed) is such a note, not an error."""
+    where = cfg._where or _Where("<config>")
+    notes: list[str] = []
+    if output_dir:
+        _check_output_dir(cfg, where)
+    if model:
+        notes += _check_model(cfg, where, strict=strict)
+    return notes
+
+
+def _check_output_dir(cfg: _RunConfigBase, where: _Where) -> None:
+    out = Path(cfg.output_dir)
+    expected = "a folder for run directories, or a path where one can be made"
+    try:
+        existing = out
+        while not (existing.exists() or existing.is_symlink()) and existing.parent != existing:
+            existing = existing.parent
+        if existing.exists() and not existing.is_dir():
+            what = "is a file" if existing == out else f"is inside {existing}, which is a file"
+            raise where.error(f"{what}, not a folder", field="output_dir", expected=expected)
+        if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+            raise where.error(f"cannot make folders in {existing} (permission denied)", field="output_dir",
+                              expected=expected)  # fmt: skip
+        run = cfg.run_dir
+        if run.exists() and not run.is_dir():
+            raise where.error(f"{run} is a file, not a run directory", field="name",
+                              expected="a name whose run directory is free or a tunelab run")  # fmt: skip
+    except OSError as err:  # a name too long for the file system, …
+        raise where.error(f"cannot use it: {err.strerror or err}", field="output_dir", expected=expected) from None
+
+
+def _check_model(cfg: _RunConfigBase, where: _Where, *, strict: bool) -> list[str]:
+    from tunelab.models.loading import max_positions, model_files, model_skeleton
+
+    name = cfg.model.name
+    try:
+        files = model_files(name)
+    except TunelabError as err:
+        if not strict and err.kind == "model_unavailable":
+            return [f"not checked against the model: {err.message}"]
+        if err.file is not None and err.field == "model.name":  # the model's folder or config.json: name both
+            at = f"{err.file}:{err.line}" if err.line is not None else err.file
+            raise where.error(f"{at}: {err.message}", field="model.name", expected=err.expected, kind=err.kind) from None
+        raise where.attach(err) from None
+    if files is None:
+        return [f"not checked against the model: {name}'s config.json cannot be read here"]
+    method, options = METHODS[cfg.method], cfg.method_options()
+    virtual = getattr(options, "num_virtual_tokens", 0) if method.virtual_tokens else 0
+    limit = max_positions(files.config)
+    if limit is not None and cfg.data.max_length + virtual > limit:
+        plus = f" + {virtual} virtual tokens ({cfg.method}.num_virtual_tokens)" if virtual else ""
+        raise where.error(f"is {cfg.data.max_length}{plus}, but {name} has {limit} positions (its config.json)",
+                          field="data.max_length", expected=f"at most {limit - virtual}")  # fmt: skip
+    if method.check_modules is None or options is None:
+        return []
+    stage = STAGES[cfg.task]
+    built: list[Any] = []
+
+    def skeleton() -> Any:  # built only when an option names modules (importing torch takes seconds)
+        if not built:
+            built.append(model_skeleton(files, stage.model_kind, trust_remote_code=cfg.model.trust_remote_code))
+        return built[0]
+
+    try:
+        method.check_modules(skeleton, options, stage.kind, cfg.method)
+    except TunelabError as err:
+        raise where.attach(err) from None
+    if built and built[0] is None:
+        return [f"{cfg.method} options not checked against the model: transformers cannot build {name} from its config"]
+    return []
 
 
 def config_dict(cfg: _RunConfigBase) -> dict[str, Any]:

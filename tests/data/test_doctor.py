@@ -287,7 +287,10 @@ def test_preflight_reads_each_source_once(tmp_path, tiny_model, qa_file, monkeyp
 
 def test_preflight_refuses_what_the_loader_refuses(tmp_path, tiny_model, qa_file):
     """Errors only carving finds, and rows the majority vote accepts but training's first-row rule does not."""
-    cfg = _config(tmp_path, tiny_model, train=str(qa_file), split={"validation": 0.6, "test": 0.5})
+    with pytest.raises(TunelabError, match="data.split: validation 0.6 [+] test 0.5 holds out 110%"):
+        _config(tmp_path, tiny_model, train=str(qa_file), split={"validation": 0.6, "test": 0.5})  # the config refuses it
+    cfg = _config(tmp_path, tiny_model, train=str(qa_file))
+    cfg.data.split.validation, cfg.data.split.test = 0.6, 0.5  # each in range: only carving sees the sum
     report = check_for_training(cfg)
     assert [(p.kind, p.message) for p in report.errors] == [
         ("config", "validation_fraction + test_fraction is 1.1, leaving nothing to train on")]  # fmt: skip

@@ -67,6 +67,21 @@ def _try_tokenizer(name: str | None, trust_remote_code: bool = False):  # noqa: 
         return None, err
 
 
+def _check_file_options(template: str | None, labels: str | None) -> None:
+    """The options `data check FILE` takes in place of a config's, checked as the config's are."""
+    from tunelab.data.templates import parse_template
+
+    if template is not None:
+        parse_template(template, field="--template")
+    names = [x.strip() for x in labels.split(",") if x.strip()] if labels is not None else None
+    if names is not None and len(set(names)) < 2:
+        raise TunelabError(f"{labels!r} has {len(set(names))} distinct label(s)", field="--labels",
+                           expected="at least two distinct labels, comma-separated")  # fmt: skip
+    if names is not None and len(set(names)) != len(names):
+        twice = next(x for i, x in enumerate(names) if x in names[:i])
+        raise TunelabError(f"label {twice!r} is given twice", field="--labels", expected="each label once")
+
+
 def check(
     target: Path = typer.Argument(..., help="a data file (.jsonl/.json/.csv/.tsv/.parquet/.txt) or a run config (YAML)"),
     fmt: str = typer.Option("text", "--format", help="text, or json for machines"),
@@ -76,7 +91,7 @@ def check(
     task: str = typer.Option(None, "--task", help="check the shape fits this task (files only): sft, pretrain, …"),
     labels: str = typer.Option(None, "--labels", help="the label set, comma-separated (files only)"),
     model: str = typer.Option(None, "--model", help="count tokens with this model's tokenizer (files only)"),
-    max_length: int = typer.Option(None, "--max-length", help="token limit to check rows against (with --model)"),
+    max_length: int = typer.Option(None, "--max-length", min=1, help="token limit to check rows against (with --model)"),
     template: str = typer.Option(None, "--template", help="custom prompt template (files only, with --model)"),
     no_tokens: bool = typer.Option(False, "--no-tokens", help="skip the tokenizer: no length or template checks"),
     all_: bool = typer.Option(False, "--all", help="list every problem (default: 20 of each kind)"),
@@ -93,10 +108,21 @@ def check(
     report, failed = doctor.DoctorReport(), None
     try:
         if target.suffix.lower() in CONFIG_SUFFIXES:
+            from tunelab.config import check_before_loading
+
             cfg = _load_config(target, set_)
-            tokenizer, failed = _try_tokenizer(None if no_tokens else cfg.model.name, cfg.model.trust_remote_code)
+            notes: list[str] = []
+            try:  # the config against the model's config.json (max_length, module names); the rows are checked anyway
+                notes = check_before_loading(cfg, output_dir=False, strict=False)
+            except TunelabError as err:
+                failed = err
+            skip = no_tokens or (failed is not None and failed.field == "model.name")
+            tokenizer, unloadable = _try_tokenizer(None if skip else cfg.model.name, cfg.model.trust_remote_code)
+            failed = failed or unloadable
             report = doctor.check_config(cfg, tokenizer=tokenizer, task_shapes=_task_shapes(cfg.task))
+            report.notes[:0] = notes
         else:
+            _check_file_options(template, labels)
             tokenizer, failed = _try_tokenizer(None if no_tokens else model)
             report = doctor.check_file(
                 target, columns=_pairs(column, "--column"), shape=shape, task=task, task_shapes=_task_shapes(task),
@@ -105,9 +131,10 @@ def check(
             )  # fmt: skip
     except TunelabError as err:  # a bad config: reported like any other problem
         report.add_error(err, "config")
-    if failed is not None:  # an unknown model: the rows are still checked, without token lengths
-        report.problems.insert(0, doctor.Problem("error", "model", failed.message, failed.file, failed.line,
-                                                 failed.field, failed.expected))  # fmt: skip
+    if failed is not None:  # an unknown model, a module name it lacks: the rows are still checked
+        report.problems.insert(0, doctor.Problem("error", failed.kind if failed.kind == "config" else "model",
+                                                 failed.message, failed.file, failed.line, failed.field,
+                                                 failed.expected))  # fmt: skip
     if fmt == "json":
         print(json.dumps(report.to_dict(), ensure_ascii=False, indent=1))
     else:

@@ -41,6 +41,8 @@ from tunelab.data.problems import (
     SourceSummary,
     split_source,
 )
+from tunelab.data.shapes import RESPONSE_FIELD
+from tunelab.data.templates import custom_template_error, template_fields_error
 
 __all__ = [
     "ERROR",
@@ -108,13 +110,46 @@ def check_config(
     if tokenizer is not None:
         check_tokens(doctor.report, tokenizer, template=d.template, system_prompt=d.system_prompt,
                      train_on_prompt=d.train_on_prompt, max_length=d.max_length)  # fmt: skip
+    elif d.template is not None:
+        _check_template(doctor.report, d.template)
     carving = {"validation_fraction": d.split.validation, "test_fraction": d.split.test, "seed": d.split.seed,
                "limit": d.limit}  # fmt: skip
     if splits:
         doctor.check_splits(**carving)
     else:
         doctor.carve_splits(**carving)
-    return doctor.finish()
+    return _name_the_config(doctor.finish(), cfg)
+
+
+def _check_template(report: DoctorReport, template: str) -> None:
+    """Without a tokenizer (training's preflight): a custom template fits the data's shape and every row
+    fills its placeholders — what the recipe would find only after loading the tokenizer."""
+    if report.shape is None:
+        return
+    problem = custom_template_error(template, report.shape)
+    if problem is not None:
+        report.add_error(problem)
+        return
+    if RESPONSE_FIELD.get(report.shape) is None:
+        return
+    for examples in report.examples.values():
+        for example in examples:
+            err = template_fields_error(example, template)
+            if err is not None:
+                file, line = split_source(err.file or example.source)
+                report.add(ERROR, "template", err.message, file=file, line=line, field=err.field, expected=err.expected)
+
+
+def _name_the_config(report: DoctorReport, cfg: Any) -> DoctorReport:
+    """A problem with a config key (data.template, …) that names no file names the config's file and line."""
+    where = getattr(cfg, "_where", None)
+    if where is None:
+        return report
+    for problem in report.problems:
+        if problem.file is None and problem.field and not problem.field.startswith("-"):
+            named = where.attach(problem.as_error())
+            problem.file, problem.line = named.file, named.line
+    return report
 
 
 def check_for_training(cfg: Any, *, task_shapes: tuple[str, ...] | None = None) -> DoctorReport:

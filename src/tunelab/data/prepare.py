@@ -44,7 +44,7 @@ _SHAREGPT_FROM = {"user": "human", "assistant": "gpt", "system": "system"}
 
 
 class SplitOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     validation: float = Field(0.0, ge=0, lt=1, description="fraction of rows written to validation.jsonl")
     test: float = Field(0.0, ge=0, lt=1, description="fraction of rows written to test.jsonl")
@@ -54,7 +54,7 @@ class SplitOptions(BaseModel):
 class PrepareConfig(BaseModel):
     """What `tunelab data prepare` does; every step is optional."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     input: str = Field(..., description="data file (.jsonl/.json/.csv/.tsv/.parquet/.txt) or builtin:NAME")
     columns: dict[str, str] = Field(default_factory=dict, description="select and rename: {source column: field}")
@@ -165,7 +165,9 @@ def _validate(raw: dict[str, Any], file: str, lines: dict[tuple[str, ...], int])
         msg = err["msg"].removeprefix("Value error, ")
         if not loc:  # a rule across keys (first and sample, split fractions)
             raise TunelabError(msg, file=file) from None
-        raise TunelabError(f"{msg}; got {err.get('input')!r}", file=file, line=line, field=key) from None
+        got = repr(err.get("input"))
+        got = got if len(got) <= 80 else got[:79] + "…"
+        raise TunelabError(f"{msg}; got {got}", file=file, line=line, field=key) from None
 
 
 # -- the pipeline -----------------------------------------------------------------------------
@@ -379,7 +381,7 @@ def convert(example: Example, shape: str, data: dict[str, Any] | None = None) ->
 
 def _cannot(example: Example, shape: str, why: str) -> TunelabError:
     file, _, line = example.source.rpartition(":")
-    return TunelabError(f"cannot convert to {shape}: {why}", file=file, line=int(line) if line.isdigit() else None,
+    return TunelabError(f"cannot convert to {shape}: {why}", file=file, line=int(line) if line.isdecimal() and line.isascii() else None,
                         expected=f"rows that fit {describe_shape(shape)}, or drop_invalid: true")  # fmt: skip
 
 

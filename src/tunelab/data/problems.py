@@ -211,4 +211,4 @@ class DataErrors(TunelabError):
 def split_source(source: str) -> tuple[str, int | None]:
     """An Example's "FILE:LINE" source as (file, line)."""
     file, _, line = source.rpartition(":")
-    return (file, int(line)) if line.isdigit() else (source, None)
+    return (file, int(line)) if line.isdecimal() and line.isascii() else (source, None)

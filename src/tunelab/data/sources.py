@@ -1,4 +1,9 @@
-"""Read data files into rows that remember their file and line, so every later error can point at them."""
+"""Read data files into rows that remember their file and line, so every later error can point at them.
+
+Only regular files are read (a FIFO or a device would hang or never end); JSON is read strictly
+(`parse_json`): what Python's json module accepts but no data row means (a key twice in one object,
+NaN/Infinity, a lone surrogate escape such as "\\ud800") or crashes on (nesting a thousand levels deep,
+an integer of 4300+ digits) is an error with its line."""
 
 from __future__ import annotations
 
@@ -6,16 +11,22 @@ import csv
 import difflib
 import io
 import json
+import json.decoder
+import json.scanner
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
+from tunelab.files import bad_utf8, check_file, read_bytes
 
 FORMATS = ".jsonl, .json, .csv, .tsv, .parquet or .txt"
 BUILTIN_PREFIX = "builtin:"  # data.train: builtin:NAME names a packaged dataset (data/builtin.py)
 _WS = re.compile(r"[ \t\n\r]*")
+MAX_JSON_DEPTH = 100  # nesting levels a JSON value may have (a chat row has three)
+CSV_FIELD_LIMIT = 64 * 2**20  # characters one CSV cell may have (the csv module's default is 128 KiB)
 
 
 @dataclass
@@ -46,16 +57,11 @@ def read_rows(path: str | Path, *, problems: Problems = None) -> list[Row]:
     With `problems` (a list), nothing is raised: every problem is appended to it and reading goes on past
     the bad line, so the data doctor can report all of them at once; the rows that could be read are returned.
     """
-    path = Path(path)
+    try:
+        path = check_file(path, expected=f"an existing {FORMATS} file")
+    except TunelabError as err:  # missing, a folder, a FIFO or device, a NUL in the name
+        return _fail(problems, err)
     name = str(path)
-    if not path.exists():
-        return _fail(
-            problems, TunelabError("file not found", file=name, expected=f"an existing {FORMATS} file", kind="file")
-        )
-    if path.is_dir():
-        return _fail(
-            problems, TunelabError("is a directory, not a file", file=name, expected=f"a {FORMATS} file", kind="file")
-        )
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return _read_parquet(path, problems)
@@ -140,7 +146,11 @@ def read_text(path: str | Path, problems: Problems = None) -> str:
     """Decode UTF-8 (BOM allowed); bad bytes are reported with their line, not as a UnicodeDecodeError.
     When collecting, every line with bad bytes is reported and those bytes read as U+FFFD."""
     path = Path(path)
-    raw = path.read_bytes()
+    try:
+        raw = read_bytes(path, expected=f"a readable {FORMATS} file")
+    except TunelabError as err:
+        _fail(problems, err)
+        return ""
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -158,13 +168,165 @@ _read_text = read_text  # the old private name, until its last user (inference/b
 
 
 def _bad_bytes(path: Path, byte: int, reason: str, line: int) -> TunelabError:
-    return TunelabError(
-        f"byte 0x{byte:02x} is not valid UTF-8 ({reason})",
-        file=str(path),
-        line=line,
-        expected="UTF-8 encoded text (re-save the file as UTF-8)",
-        kind="encoding",
-    )
+    return bad_utf8(str(path), byte, reason, line)
+
+
+# -- strict JSON ----------------------------------------------------------------------------------
+
+
+class JsonProblem(Exception):
+    """What `parse_json` refuses, with the character position it is at (None when unknown)."""
+
+    def __init__(self, message: str, pos: int | None = None, *, expected: str = "valid JSON") -> None:
+        super().__init__(message)
+        self.message, self.pos, self.expected = message, pos, expected
+
+    def where(self, text: str) -> tuple[int | None, int | None]:
+        """(line, column), 1-based, of the problem in `text`."""
+        if self.pos is None:
+            return None, None
+        return text.count("\n", 0, self.pos) + 1, self.pos - text.rfind("\n", 0, self.pos)
+
+
+class _Duplicate(Exception):
+    pass
+
+
+class _Constant(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Duplicate(key)
+            seen.add(key)
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise _Constant(name)
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_LONE_ESCAPE = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+                          r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")  # fmt: skip
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def parse_json(text: str) -> Any:
+    """`json.loads`, refusing what Python accepts but no data means (a key twice in one object: JSON keeps
+    the last; NaN/Infinity, which are not JSON; a lone surrogate escape, which is no character and breaks
+    every tokenizer) and what it crashes on (nesting deeper than the stack, an integer beyond Python's
+    4300 digits); nesting deeper than MAX_JSON_DEPTH is refused too. Raises JsonProblem."""
+    try:
+        value = _DECODER.decode(text)
+    except json.JSONDecodeError as err:
+        raise JsonProblem(f"invalid JSON: {err.msg}", err.pos) from None
+    except _Duplicate as err:
+        raise JsonProblem(f"key {err.args[0]!r} appears twice in one object (JSON keeps only the last)",
+                          _duplicate_position(text), expected="each key once per object") from None  # fmt: skip
+    except _Constant as err:
+        found = re.search(r"NaN|-?Infinity", _masked(text))
+        raise JsonProblem(f"{err.args[0]} is not valid JSON", found.start() if found else None,
+                          expected="a number, or null") from None  # fmt: skip
+    except RecursionError:
+        raise JsonProblem(f"nested more than {MAX_JSON_DEPTH} levels deep", _deep_position(text),
+                          expected=f"at most {MAX_JSON_DEPTH} levels of nested lists and objects") from None  # fmt: skip
+    except ValueError:  # an integer too long for int(): Python refuses more than 4300 digits
+        limit = sys.get_int_max_str_digits() or 4300
+        found = re.search(r"\d{" + str(limit + 1) + ",}", _masked(text))
+        size = f"of {len(found.group())} digits " if found else ""
+        raise JsonProblem(f"a number {size}is too long", found.start() if found else None,
+                          expected=f"numbers of at most {limit} digits, or the number as a string") from None  # fmt: skip
+    if (text.count("[") + text.count("{") > MAX_JSON_DEPTH) and _too_deep(value, MAX_JSON_DEPTH):
+        raise JsonProblem(f"nested more than {MAX_JSON_DEPTH} levels deep", _deep_position(text),
+                          expected=f"at most {MAX_JSON_DEPTH} levels of nested lists and objects")  # fmt: skip
+    if "\\u" in text:
+        escape = _LONE_ESCAPE.search(text)
+        if escape and _has_surrogate(value):
+            raise JsonProblem(f"{escape.group()} is a lone UTF-16 surrogate, not a character", escape.start(),
+                              expected="a surrogate pair such as \\ud83d\\ude00, or the character itself")  # fmt: skip
+    return value
+
+
+def _masked(text: str) -> str:
+    """`text` with every JSON string's content blanked out (same length), to search the rest."""
+    return _STRING.sub(lambda m: '"' + " " * (len(m.group()) - 2) + '"', text)
+
+
+def _deep_position(text: str) -> int | None:
+    depth = 0
+    for pos, char in enumerate(_masked(text)):
+        if char in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return pos
+        elif char in "]}":
+            depth -= 1
+    return None
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
+def _has_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _duplicate_position(text: str) -> int | None:
+    """Where the first repeated key of an object starts: the text is read again by json's pure-Python
+    scanner with an object reader that knows positions (only after the fast reader found a repeat)."""
+    found: list[int] = []
+    space = json.decoder.WHITESPACE.match
+
+    def parse_object(s_and_end: tuple[str, int], strict: bool, scan_once: Any, *_: Any) -> tuple[dict, int]:
+        s, pos = s_and_end
+        pos = space(s, pos).end()
+        keys: set[str] = set()
+        while s[pos] != "}":
+            start = pos
+            key, pos = json.decoder.scanstring(s, pos + 1, strict)
+            if key in keys and not found:
+                found.append(start)
+            keys.add(key)
+            pos = space(s, space(s, pos).end() + 1).end()  # past ':'
+            pos = space(s, scan_once(s, pos)[1]).end()
+            if s[pos] == ",":
+                pos = space(s, pos + 1).end()
+        return {}, pos + 1
+
+    decoder = json.JSONDecoder()
+    decoder.parse_object = parse_object
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)
+    try:
+        decoder.decode(text)
+    except Exception:  # noqa: BLE001 - only a position is sought; without one the row's line is reported
+        pass
+    return found[0] if found else None
 
 
 def _read_jsonl(text: str, name: str, problems: Problems = None) -> list[Row]:
@@ -173,15 +335,16 @@ def _read_jsonl(text: str, name: str, problems: Problems = None) -> list[Row]:
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
-        except json.JSONDecodeError as err:
+            value = parse_json(line)
+        except JsonProblem as err:
+            at = f" at column {err.pos + 1}" if err.pos is not None else ""
             _fail(
                 problems,
                 TunelabError(
-                    f"invalid JSON: {err.msg} at column {err.colno}",
+                    f"{err.message}{at}",
                     file=name,
                     line=number,
-                    expected="one JSON object per line",
+                    expected="one JSON object per line" if err.expected == "valid JSON" else err.expected,
                     kind="invalid_json",
                 ),
             )
@@ -206,15 +369,16 @@ def _read_json(text: str, name: str, problems: Problems = None) -> list[Row]:
     if not text.strip():
         return []
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
+        value = parse_json(text)
+    except JsonProblem as err:
+        line, column = err.where(text)
         return _fail(
             problems,
             TunelabError(
-                f"invalid JSON: {err.msg} at column {err.colno}",
+                f"{err.message} at column {column}" if column is not None else err.message,
                 file=name,
-                line=err.lineno,
-                expected="valid JSON",
+                line=line,
+                expected=err.expected,
                 kind="invalid_json",
             ),
         )
@@ -276,6 +440,8 @@ def _json_type(value: Any) -> str:
 
 def _read_csv(text: str, name: str, problems: Problems = None) -> list[Row]:
     """Read with the csv module so every cell stays a string and each row knows its first line."""
+    if csv.field_size_limit() < CSV_FIELD_LIMIT:  # a long document in one cell is real data
+        csv.field_size_limit(CSV_FIELD_LIMIT)
     reader = csv.reader(
         io.StringIO(text, newline=""), delimiter="\t" if name.lower().endswith(".tsv") else ","
     )

@@ -22,6 +22,64 @@ from tunelab.data.shapes import RESPONSE_FIELD, Example, kind_of
 from tunelab.errors import TunelabError
 
 IGNORE_INDEX = -100  # label value the loss skips
+TEMPLATE_EXPECTED = "plain placeholders such as {question}; {{ and }} for literal braces"
+
+
+def parse_template(template: str, *, field: str = "data.template") -> list[str]:
+    """The field names a custom template places, in order; a template `str.format` would refuse or
+    misread (a stray brace, `{}` or `{0}`, `{a.b}` / `{a[0]}`, a `!r` conversion or a `:>10` format spec)
+    is one error, found when the config is read rather than on the first row rendered."""
+    if not isinstance(template, str):
+        raise TunelabError(f"is a {type(template).__name__}", field=field, expected=TEMPLATE_EXPECTED, kind="template")
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as err:  # "Single '}' encountered in format string", …
+        raise TunelabError(f"invalid template: {err}", field=field, expected=TEMPLATE_EXPECTED, kind="template") from None
+    names = []
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        whole = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        if not name or name.isdigit() or "." in name or "[" in name:  # positional, or attribute/index lookups
+            what = f"placeholder {whole} is not a field name" if name else "an empty placeholder {}"
+            raise TunelabError(f"invalid template: {what}", field=field, expected=TEMPLATE_EXPECTED, kind="template")
+        if spec or conversion:
+            raise TunelabError(f"invalid template: placeholder {whole} has a conversion or format spec", field=field,
+                               expected=TEMPLATE_EXPECTED, kind="template")  # fmt: skip
+        names.append(name)
+    return names
+
+
+def custom_template_error(template: str, shape: str) -> TunelabError | None:
+    """Why a custom template cannot format rows of `shape` (None when it can): what `PromptFormat.build`
+    refuses, found without a tokenizer (the data check before training has none)."""
+    if kind_of(shape) == "chat":
+        return TunelabError(
+            f"a custom template needs named fields, but the data has shape {shape!r}",
+            field="data.template",
+            expected="no template (use the model's chat template), or question/answer-style rows",
+            kind="template",
+        )
+    response = RESPONSE_FIELD.get(shape)
+    if response is None:  # text, classification: no prompt template is used
+        return None
+    if response not in parse_template(template):
+        return TunelabError(
+            f"template has no {{{response}}} placeholder",
+            field="data.template",
+            expected=f"a template that places the response field {{{response}}}",
+            kind="template",
+        )
+    return None
+
+
+def template_fields_error(example: Example, template: str) -> TunelabError | None:
+    """Why a row cannot fill a custom template's placeholders (None when it can)."""
+    try:
+        _fields_for(example, template)
+    except TunelabError as err:
+        return err
+    return None
 
 
 @dataclass
@@ -47,20 +105,14 @@ class PromptFormat:
         if kind_of(shape) == "text":
             return cls(kind="text", train_on_prompt=True)
         if template is not None:
-            if kind_of(shape) == "chat":
-                raise TunelabError(
-                    f"a custom template needs named fields, but the data has shape {shape!r}",
-                    field="data.template",
-                    expected="no template (use the model's chat template), or question/answer-style rows",
-                )
-            response = RESPONSE_FIELD[shape]
-            names = [n for _, n, _, _ in string.Formatter().parse(template) if n]
-            if response not in names:
-                raise TunelabError(
-                    f"template has no {{{response}}} placeholder",
-                    field="data.template",
-                    expected=f"a template that places the response field {{{response}}}",
-                )
+            problem = custom_template_error(template, shape)
+            if problem is not None:
+                raise problem
+            response = RESPONSE_FIELD.get(shape)
+            if response is None:
+                raise TunelabError(f"a custom template formats prompt/response rows; rows of shape {shape!r} have no "
+                                   "response", field="data.template", expected="no template for this data",
+                                   kind="template")  # fmt: skip
             return cls(kind="custom", template=template, response_field=response, train_on_prompt=train_on_prompt)
         if not getattr(tokenizer, "chat_template", None):
             raise TunelabError(
@@ -77,7 +129,12 @@ class PromptFormat:
 
     @classmethod
     def load(cls, path: Path) -> PromptFormat:
-        return cls(**json.loads(path.read_text(encoding="utf-8")))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls(**data)
+        except (OSError, UnicodeDecodeError, ValueError, TypeError) as err:  # cut short, edited by hand, not ours
+            raise TunelabError(f"cannot read the prompt format: {err}", file=str(path),
+                               expected="the template.json `tunelab train` wrote", kind="file") from None
 
     def warnings(self, tokenizer: Any) -> list[str]:
         out = []
@@ -104,7 +161,7 @@ class PromptFormat:
             return [(example.text or "", True), (eos, True)]
         if self.kind == "custom":
             assert self.template is not None and self.response_field is not None
-            cut = self.template.index("{" + self.response_field + "}")
+            cut = response_cut(self.template, self.response_field)
             fields = _fields_for(example, self.template)
             prompt = self.template[:cut].format(**fields)
             response = self.template[cut:].format(**fields)
@@ -182,7 +239,7 @@ class PromptFormat:
             return example.text or ""
         if self.kind == "custom":
             assert self.template is not None and self.response_field is not None
-            cut = self.template.index("{" + self.response_field + "}")
+            cut = response_cut(self.template, self.response_field)
             return self.template[:cut].format(**_fields_for(example, self.template[:cut]))
         messages = list(example.messages or [])
         if messages and messages[-1]["role"] == "assistant":
@@ -236,6 +293,19 @@ class PromptFormat:
         return out
 
 
+def response_cut(template: str, response_field: str) -> int:
+    """Where the response placeholder starts in a custom template (a `{{answer}}` literal is not it)."""
+    target = "{" + response_field + "}"
+    start = template.find(target)
+    while start != -1:
+        run = len(template[:start]) - len(template[:start].rstrip("{"))  # braces right before it
+        if run % 2 == 0:
+            return start
+        start = template.find(target, start + 1)
+    raise TunelabError(f"template has no {target} placeholder", field="data.template",
+                       expected=f"a template that places the response field {target}", kind="template")
+
+
 def token_ids(tokenizer: Any, texts: list[str], *, special: bool) -> list[list[int]]:
     """Token ids of many texts in one call: a fast tokenizer's Rust backend directly (the ids
     `tokenizer(text)` would give, without building offsets), else the tokenizer itself."""
@@ -266,7 +336,7 @@ def _try(fn: Any, *args: Any) -> Any:
 
 
 def _fields_for(example: Example, template: str) -> dict[str, Any]:
-    names = [n for _, n, _, _ in string.Formatter().parse(template) if n]
+    names = parse_template(template)
     values = {**example.meta, **example.fields}
     missing = [n for n in names if n not in values]
     if missing:
@@ -282,7 +352,7 @@ def _fields_for(example: Example, template: str) -> dict[str, Any]:
 def example_from_prompt(prompt: str, fmt: PromptFormat, shape: str) -> Example:
     """Wrap a user's prompt string as an Example of the run's shape (for generate/chat)."""
     if fmt.kind == "custom" and fmt.template:
-        names = [n for _, n, _, _ in string.Formatter().parse(fmt.template) if n and n != fmt.response_field]
+        names = [n for n in parse_template(fmt.template) if n != fmt.response_field]
         fields = {n: "" for n in names}
         if names:
             fields[names[0]] = prompt

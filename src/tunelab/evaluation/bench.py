@@ -23,7 +23,6 @@ general-knowledge questions with four choices each, written for tunelab.
 from __future__ import annotations
 
 import importlib.util
-import json
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,14 +141,18 @@ def load_task(task: str | Path, *, limit: int | None = None) -> tuple[list[MCIte
     """(items, task label) from a built-in name or a ``.jsonl`` file; bad rows raise with file:line."""
     path, label = _task_path(task)
     items: list[MCItem] = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    from tunelab.data.sources import JsonProblem, parse_json
+    from tunelab.files import decode_utf8, read_bytes
+
+    text = decode_utf8(read_bytes(path, expected="a multiple-choice .jsonl file"), label)
+    for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = {"file": label, "line": n}
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TunelabError(f"invalid JSON: {exc.msg}", **where, expected="one JSON object per line") from None
+            row = parse_json(line)
+        except JsonProblem as exc:
+            raise TunelabError(exc.message, **where, expected=exc.expected) from None
         items.append(_parse(row, where))
         if limit and len(items) >= limit:
             break

@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from tunelab.errors import TunelabError
+
 # (quantized: bool) -> the run's base model, loaded as the method trained on it (True) or in float (False)
 LoadBase = Callable[[bool], Any]
 
@@ -55,6 +57,10 @@ class Method:
     # `training:` values that make this method learn, used where the config does not set them (a
     # prompt-tuning run needs a learning rate a hundred times LoRA's); shown by `tunelab validate`
     training_defaults: dict[str, Any] = field(default_factory=dict)
+    # (skeleton, options, kind: ModelKind, section: the options' config key) -> None: raises a TunelabError
+    # for an option naming modules the model lacks, before any weights load. `skeleton()` builds the
+    # model on the meta device (None when it cannot be built): call it only when an option names modules
+    check_modules: Callable[[Callable[[], Any], Any, Any, str], None] | None = None
 
     @property
     def packs_rows(self) -> bool:
@@ -63,6 +69,71 @@ class Method:
     @property
     def sliced_logits(self) -> bool:
         return not self.virtual_tokens
+
+
+def adaptable_layers(peft_kinds: tuple[str, ...]) -> tuple[type, ...]:
+    """Layer classes peft adapters wrap: "linear" (nn.Linear and GPT-2's Conv1D), "conv", "embedding",
+    "attention" (nn.MultiheadAttention)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    table = {"linear": (torch.nn.Linear, Conv1D), "conv": (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d),
+             "embedding": (torch.nn.Embedding,), "attention": (torch.nn.MultiheadAttention,)}  # fmt: skip
+    return tuple(cls for kind in peft_kinds for cls in table[kind])
+
+
+def module_matches(name: str, entry: str) -> bool:
+    """peft's rule for a module name in a list option: the full name, or its last dotted parts."""
+    return name == entry or name.endswith("." + entry)
+
+
+def check_module_names(model: Any, entries: list[str] | str | None, field: str, *, layers: tuple[type, ...] | None,
+                       what: str) -> None:  # fmt: skip
+    """Every entry of a module-name option (or a regex, for a string) must match a module of `model` and,
+    with `layers`, only modules of those classes (peft refuses to wrap any other it matches); else one error
+    naming the entry, a did-you-mean and the model's own names. `what`: the method, for the message."""
+    import difflib
+    import re
+
+    if entries is None or model is None:
+        return
+    modules = [(n, m) for n, m in model.named_modules() if n]
+    usable = [(n, m) for n, m in modules if layers is None or isinstance(m, layers)]
+    leaf_names = sorted({n.rsplit(".", 1)[-1] for n, _ in usable if not n.rsplit(".", 1)[-1].isdigit()})
+    listing = ", ".join(leaf_names[:30]) + (", …" if len(leaf_names) > 30 else "")
+    kinds = "layers " + what + " can adapt" if layers is not None else "modules"
+    if isinstance(entries, str):
+        try:
+            pattern = re.compile(entries)
+        except re.error as err:
+            raise TunelabError(f"{entries!r} is not a valid regular expression ({err})", field=field,
+                               expected="a list of module names, 'all-linear', or a regular expression") from None  # fmt: skip
+        hits = [(n, m) for n, m in modules if pattern.fullmatch(n)]
+        example = usable[0][0] if usable else "…"
+        if not hits:
+            raise TunelabError(f"the regular expression {entries!r} matches none of the model's {kinds}", field=field,
+                               expected=f"a pattern matching whole module names such as {example!r}, or a list of "
+                                        f"names: {listing}")  # fmt: skip
+        _refuse_unusable(hits, layers, repr(entries), field, what, f"names of the model's {kinds}: {listing}")
+        return
+    for index, entry in enumerate(entries):
+        hits = [(n, m) for n, m in modules if module_matches(n, str(entry))]
+        where = f"{field}[{index}]"
+        if not hits:
+            close = difflib.get_close_matches(str(entry), leaf_names, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TunelabError(f"{str(entry)!r} matches no module of the model{hint}", field=where,
+                               expected=f"names of the model's {kinds}: {listing}")  # fmt: skip
+        _refuse_unusable(hits, layers, repr(str(entry)), where, what, f"names of the model's {kinds}: {listing}")
+
+
+def _refuse_unusable(hits: list[tuple[str, Any]], layers: tuple[type, ...] | None, entry: str, field: str, what: str,
+                     expected: str) -> None:  # fmt: skip
+    bad = [(n, m) for n, m in hits if layers is not None and not isinstance(m, layers)]
+    if bad:
+        name, module = bad[0]
+        raise TunelabError(f"{entry} matches {name}, a {type(module).__name__}, which {what} cannot adapt", field=field,
+                           expected=expected)  # fmt: skip
 
 
 def save_weights(method: Method, model: Any, directory: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunelab.methods.base import Method, load_adapter
-from tunelab.methods.lora import LoraOptions, peft_lora_config
+from tunelab.methods.lora import LoraOptions, check_modules, peft_lora_config
 
 
 class DoraOptions(LoraOptions):
@@ -26,4 +26,5 @@ METHOD = Method(
     load=load_adapter,
     weights_dir="adapter",
     training_defaults={"lr": 5e-4},
+    check_modules=check_modules,
 )

@@ -9,11 +9,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunelab.errors import TunelabError
-from tunelab.methods.base import Method, load_whole_model
+from tunelab.methods.base import Method, check_module_names, load_whole_model
 
 
 class FreezeOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     trainable_layers: int = Field(2, ge=0, description="also train the last N transformer layers")
     train_head: bool = Field(True, description="train the task head (lm_head / classifier)")
@@ -26,6 +26,24 @@ def layer_stack(model: Any) -> list[Any]:
 
     stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
     return list(max(stacks, key=len)) if stacks else []
+
+
+def check_modules(skeleton: Any, options: FreezeOptions, kind: Any, section: str = "freeze") -> None:
+    """Before any weights load (on the meta-device skeleton): the layers and modules the options name
+    exist, and something is left to train (`apply` checks the same on the loaded model)."""
+    if not options.trainable_layers and not options.modules and not options.train_head:
+        raise TunelabError("nothing left to train", field=section, expected="trainable_layers > 0, train_head, or modules")
+    model = skeleton()
+    if model is None:
+        return
+    layers = layer_stack(model)
+    if options.trainable_layers > len(layers):
+        raise TunelabError(
+            f"trainable_layers is {options.trainable_layers} but the model has {len(layers)} layers",
+            field=f"{section}.trainable_layers",
+            expected=f"at most {len(layers)}",
+        )
+    check_module_names(model, list(options.modules), f"{section}.modules", layers=None, what=section)
 
 
 def apply(model: Any, options: FreezeOptions, kind: Any) -> Any:
@@ -68,4 +86,5 @@ METHOD = Method(
     weights_dir="model",
     saves_whole_model=True,
     training_defaults={"lr": 3e-4},
+    check_modules=check_modules,
 )

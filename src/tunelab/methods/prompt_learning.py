@@ -18,7 +18,7 @@ from tunelab.methods.base import Method, load_adapter
 
 
 class PromptOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     num_virtual_tokens: int = Field(20, gt=0)
     init_text: str | None = Field(None, description="initialise the virtual tokens from this text's embeddings")
@@ -30,7 +30,7 @@ class PromptOptions(BaseModel):
 
 
 class PtuningOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     num_virtual_tokens: int = Field(20, gt=0)
     encoder_hidden_size: int = Field(128, gt=0)
@@ -38,7 +38,7 @@ class PtuningOptions(BaseModel):
 
 
 class PrefixOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     num_virtual_tokens: int = Field(20, gt=0)
     prefix_projection: bool = Field(False, description="reparameterise the prefix through an MLP")

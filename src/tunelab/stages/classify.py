@@ -6,6 +6,7 @@ untrained head → apply the method → train → save → evaluate on the same 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Any, Literal
 
@@ -48,7 +49,7 @@ def label_names(ctx: Context, train: list, given: list[str] | None) -> list[str]
 
 
 def _natural(label: str) -> tuple:
-    return (0, int(label), "") if label.lstrip("-").isdigit() else (1, 0, label)
+    return (0, int(label), "") if re.fullmatch(r"-?[0-9]+", label) else (1, 0, label)
 
 
 def encode(ctx: Context, examples: list, label_ids: dict[str, int]) -> list[dict[str, Any]]:
