@@ -42,6 +42,9 @@ def train(
     """Run one training job described by a config; returns where everything was written."""
     quiet_libraries()
     cfg = resolve_config(config, overrides)
+    from tunelab.config import check_before_loading
+
+    check_before_loading(cfg)  # output folder, max_length, module names: before anything is written
     run = RunDir(cfg.run_dir)
     if run.path.exists() and any(run.path.iterdir()):
         # a run that failed before its first checkpoint (bad data, unknown model…) holds nothing worth keeping
@@ -82,8 +85,12 @@ def _execute(cfg: RunConfig, run: RunDir, *, resume: bool) -> TrainResult:
 
     stage, method = STAGES[cfg.task], METHODS[cfg.method]
     run.write_status(source_dir=str(cfg._source_dir or Path.cwd()), task=cfg.task, method=cfg.method)
-    ctx = Context(cfg=cfg, run=run, stage=stage, method=method, resume=resume)
+    ctx = Context(cfg=cfg, run=run, stage=stage, method=method, resume=resume, open_run=load_run)
     try:
+        if resume:  # train() checked this before writing anything; a resumed run may be on another machine
+            from tunelab.config import check_before_loading
+
+            check_before_loading(cfg, output_dir=False)
         # every bad row is reported now, with its line, not two hours into training; the splits it
         # carved are the ones the recipe trains on (the data is read once)
         checked = check_for_training(cfg, task_shapes=stage.shapes)

@@ -31,6 +31,7 @@ CASES = {
     "preference": ({"prompt": "P", "chosen": "C", "rejected": "R"}, [("user", "P"), ("assistant", "C")]),
     "prompt_completion": ({"prompt": "P", "completion": "C"}, [("user", "P"), ("assistant", "C")]),
     "input_output": ({"input": "I", "output": "O"}, [("user", "I"), ("assistant", "O")]),
+    "prompt": ({"prompt": "What is 1 plus 1?", "answer": "2"}, [("user", "What is 1 plus 1?")]),
     "messages": ({"messages": CHAT}, [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello")]),
     "conversations": (
         {
@@ -158,13 +159,13 @@ def test_classification_labels_may_be_ints_but_not_bools():
 
 def test_one_table_of_shapes_in_detection_order():
     assert SHAPES == tuple(ROW_SHAPES) == ("qa", "alpaca", "preference", "prompt_completion", "input_output",
-                                           "messages", "conversations", "classification", "text")  # fmt: skip
+                                           "prompt", "messages", "conversations", "classification", "text")  # fmt: skip
     prompts = {name: s.prompt_field for name, s in ROW_SHAPES.items() if s.kind == "pair"}
     assert prompts == {"qa": "question", "alpaca": "instruction", "prompt_completion": "prompt", "input_output": "input"}
     assert RESPONSE_FIELD == {name: s.response_field for name, s in ROW_SHAPES.items() if s.kind in ("pair", "preference")}
     for name, shape in ROW_SHAPES.items():
         assert shape.name == name and set(shape.required) <= set(shape.fields)
-        assert shape.kind in ("pair", "chat", "preference", "classification", "text")
+        assert shape.kind in ("pair", "chat", "preference", "prompt", "classification", "text")
         assert describe_shape(name) == shape.description
 
 

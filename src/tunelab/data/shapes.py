@@ -22,7 +22,7 @@ class RowShape:
     required: tuple[str, ...]  # the fields a row must have: detection picks the first shape with all of them
     prompt_field: str | None  # pair shapes: the field a prompt-only row needs (batch generation)
     response_field: str | None  # pair shapes: the field the model learns to write
-    kind: str  # "pair" | "chat" | "preference" | "classification" | "text": how a row becomes an Example
+    kind: str  # "pair" | "chat" | "preference" | "prompt" | "classification" | "text": how a row becomes an Example
     description: str  # human name with its fields, for notes and error messages
 
 
@@ -40,6 +40,8 @@ ROW_SHAPES: dict[str, RowShape] = {
                  "pair", "prompt/completion (fields prompt, completion)"),
         RowShape("input_output", ("input", "output"), ("input", "output"), "input", "output", "pair",
                  "input/output (fields input, output)"),
+        RowShape("prompt", ("prompt",), ("prompt",), "prompt", None, "prompt",
+                 "prompt only, for RL (field prompt; other fields, such as answer, go to the reward)"),
         RowShape("messages", ("messages",), ("messages",), None, None, "chat",
                  "chat messages (field messages: a list of {role, content})"),
         RowShape("conversations", ("conversations",), ("conversations",), None, None, "chat",
@@ -207,6 +209,12 @@ def _preference(row: dict, spec: RowShape, where: dict) -> Built:
     return fields, messages, None
 
 
+def _prompt_only(row: dict, spec: RowShape, where: dict) -> Built:
+    """A prompt for the model to answer (RL): its one user turn; the other fields stay for the reward."""
+    fields = {"prompt": _string(row, "prompt", **where)}
+    return fields, [{"role": "user", "content": fields["prompt"]}], None
+
+
 def rejected_example(example: Example) -> Example:
     """The dispreferred side of a preference pair, as an Example of the same prompt (in its response field
     too, so a custom template's `{chosen}` renders it)."""
@@ -231,6 +239,7 @@ _BUILDERS: dict[str, Callable[[dict, RowShape, dict], Built]] = {
     "pair": _pair,
     "chat": _chat,
     "preference": _preference,
+    "prompt": _prompt_only,
     "classification": _text_fields,
     "text": _text_fields,
 }

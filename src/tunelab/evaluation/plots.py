@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_histograms", "plot_loss", "plot_lr", "plot_runs"]
+__all__ = ["plot_histograms", "plot_loss", "plot_lr", "plot_runs", "plot_signals"]
 
 _DPI = 110
 _FIGSIZE = (7.0, 4.0)
@@ -108,6 +108,44 @@ def plot_lr(rows: list[dict], path: Path) -> Path:
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     else:
         _no_data(ax)
+    return _save(fig, path)
+
+
+# What preference and RL trainers log besides their loss (GRPO's loss sits near zero by design, so its
+# curve alone says nothing): (title, keys drawn together, train and eval)
+SIGNALS = (
+    ("Reward", ("reward", "rewards/chosen", "rewards/rejected")),
+    ("Reward spread", ("reward_std",)),
+    ("Reward margin (chosen − rejected)", ("rewards/margins",)),
+    ("Preference accuracy", ("rewards/accuracies",)),
+    ("KL to the reference", ("kl",)),
+    ("Answer length (tokens)", ("completions/mean_length",)),
+)
+
+
+def plot_signals(rows: list[dict], path: Path) -> Path | None:
+    """One small panel per training signal logged (train solid, eval dashed); None when none is."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = [(t, keys) for t, keys in SIGNALS if any(_series(rows, k)[0] or _series(rows, f"eval_{k}")[0] for k in keys)]
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    n_rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(4.2 * cols, 3.0 * n_rows), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    for i, (title, keys) in enumerate(panels):
+        ax = fig.add_subplot(n_rows, cols, i + 1)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+        for colour, key in zip(_COLOURS, keys, strict=False):
+            for prefix, style in (("", "-"), ("eval_", "--")):
+                xs, ys = _series(rows, prefix + key)
+                if xs:
+                    ax.plot(xs, ys, style, color=colour, linewidth=1.3, label=f"{prefix}{key}".replace("eval_", "eval "))
+        ax.legend(fontsize=7)
     return _save(fig, path)
 
 

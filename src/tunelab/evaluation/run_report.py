@@ -57,12 +57,13 @@ def write_run_report(
 ) -> Path:
     """Draw the run's loss and learning-rate plots and write its ``report.html``; returns its path."""
     from tunelab.config import config_dict
-    from tunelab.evaluation.plots import plot_loss, plot_lr
+    from tunelab.evaluation.plots import plot_loss, plot_lr, plot_signals
     from tunelab.runs.layout import read_metrics
 
     rows = read_metrics(run.metrics) if run.metrics.is_file() else []
     plot_loss(rows, run.loss_png)
     plot_lr(rows, run.lr_png)
+    signals = plot_signals(rows, run.signals_png)
     samples = []
     for p in read_predictions(run.predictions)[: cfg.evaluation.samples_in_report]:
         samples.append({"input": p.input, "reference": p.reference, **{m: p.outputs[m] for m in (BASE, TUNED) if m in p.outputs}})
@@ -90,17 +91,24 @@ def write_run_report(
     figures, analysis, examples = extras.get("figures"), extras.get("lists"), extras.get("examples")
     has_examples = bool(examples and examples.rows)
     has_analysis = bool(analysis and analysis.tables)
-    warnings = results.get("warnings") or []
+    hacking = results.get("reward_hacking") or []
+    warnings = [w for w in results.get("warnings") or [] if not w.startswith("reward hacking suspected")]
+    gamed = Notice(message="Reward hacking suspected: " + "; ".join(hacking) + ".",
+                   detail="The reward the model was trained on rose, but what it stands for did not follow. Read "
+                   "the sample answers; a gold rule, a stronger KL pull (beta) or a better reward model may help.",
+                   title="Reward hacking suspected", id="reward-hacking")  # fmt: skip
     learning = Notice(message="This run may not have learned anything: " + "; ".join(warnings) + ".",
                       detail="Check the learning rate and the method's settings (tunelab data preview shows "
                       "what is trained on).", title="Did not learn?", id="learning-warning")  # fmt: skip
     parts: list[Section | None] = [
+        gamed if hacking else None,
         learning if warnings else None,
         Summary(summary),
         MetricsTable(metric_rows) if metric_rows or not (has_analysis or has_examples) else None,
         extras.get("error"),
         extras.get("confusion"),
-        Figures({"Loss": run.loss_png, "Learning rate": run.lr_png}),
+        Figures({"Loss": run.loss_png, "Learning rate": run.lr_png,
+                 **({"What the trainer optimises": signals} if signals else {})}),
         figures if figures and figures.images else None,
         analysis if has_analysis else None,
         examples if has_examples else None,

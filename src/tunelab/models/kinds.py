@@ -38,6 +38,15 @@ def preference_collator(tokenizer: Any, padding_free: bool) -> Any:
     return DataCollatorForPreference(pad_token_id=pad)
 
 
+def prompt_completion_pair_collator(tokenizer: Any, padding_free: bool) -> Any:
+    """Pairs {prompt_ids, chosen_ids, rejected_ids}: TRL's DPO collator (prompt + chosen rows, then
+    prompt + rejected rows, with the completion mask its losses read)."""
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return DataCollatorForPreference(pad_token_id=pad)
+
+
 @dataclass(frozen=True)
 class ModelKind:
     name: str
@@ -47,6 +56,7 @@ class ModelKind:
     make_collator: Callable[[Any, bool], Any]  # (tokenizer, padding_free) -> the Trainer's data collator
     classifier: bool = False  # a fresh classification head: needs labels; rows are padded, never packed
     num_labels: int | None = None  # fixed head size (a reward model's single score); None = len(labels)
+    packs: bool = True  # rows may be packed padding-free (an LM's {input_ids, labels} rows)
 
     def load(self, path: str, **kwargs: Any) -> Any:
         import transformers
@@ -76,10 +86,13 @@ MODEL_KINDS: dict[str, ModelKind] = {
     for k in (
         ModelKind("causal_lm", "AutoModelForCausalLM", "CAUSAL_LM", ("lm_head",), lm_collator),
         ModelKind("seq_cls", "AutoModelForSequenceClassification", "SEQ_CLS", ("score", "classifier", "pooler"),
-                  padding_collator, classifier=True),
+                  padding_collator, classifier=True, packs=False),
         # a reward model: a one-score head read at the last token, trained on chosen/rejected pairs
         ModelKind("reward", "AutoModelForSequenceClassification", "SEQ_CLS", ("score", "classifier", "pooler"),
-                  preference_collator, classifier=True, num_labels=1),
+                  preference_collator, classifier=True, num_labels=1, packs=False),
+        # a causal LM tuned on preferences (DPO family): batches of prompt + chosen, prompt + rejected
+        ModelKind("policy_lm", "AutoModelForCausalLM", "CAUSAL_LM", ("lm_head",), prompt_completion_pair_collator,
+                  packs=False),
     )
 }  # fmt: skip
 

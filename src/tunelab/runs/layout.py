@@ -39,6 +39,7 @@ class RunDir:
     report = property(lambda self: self.path / "report.html")
     loss_png = property(lambda self: self.path / "loss.png")
     lr_png = property(lambda self: self.path / "lr.png")
+    signals_png = property(lambda self: self.path / "signals.png")  # reward, KL, margins… (preference and RL)
     tokenizer_dir = property(lambda self: self.path / "tokenizer")
     labels_json = property(lambda self: self.path / "labels.json")
 
@@ -46,7 +47,7 @@ class RunDir:
         """A classification run's label names in id order (None for generative runs)."""
         if not self.labels_json.is_file():
             return None
-        return json.loads(self.labels_json.read_text(encoding="utf-8"))
+        return read_own_json(self.labels_json, list)
 
     def write_labels(self, labels: list[str]) -> None:
         write_json_atomic(self.labels_json, list(labels))
@@ -60,7 +61,7 @@ class RunDir:
     def read_status(self) -> dict[str, Any]:
         if not self.status_file.is_file():
             return {}
-        return json.loads(self.status_file.read_text(encoding="utf-8"))
+        return read_own_json(self.status_file, dict)
 
     def write_status(self, **fields: Any) -> None:
         status = {**self.read_status(), **fields}
@@ -198,6 +199,31 @@ def checkpoint_problem(path: Path) -> str | None:
         except (OSError, SafetensorError) as err:
             return f"{file.name} is unreadable ({err})"
     return None
+
+
+def read_own_json(path: Path, kind: type) -> Any:
+    """A JSON file tunelab wrote into a run (run.json, labels.json); cut short, edited by hand or of
+    another type, it is one error naming the file (and line), not a traceback."""
+    from tunelab.files import decode_utf8, read_bytes
+
+    what = "an object" if kind is dict else "a list"
+    expected = "the JSON file `tunelab train` wrote (the run directory is damaged)"
+    try:
+        value = json.loads(decode_utf8(read_bytes(path, expected=expected), str(path)))
+    except TunelabError as err:  # not UTF-8, unreadable
+        raise TunelabError(f"cannot read the run's {path.name}: {err.message}", file=str(path), line=err.line,
+                           expected=expected, kind="file") from None  # fmt: skip
+    except json.JSONDecodeError as err:
+        raise TunelabError(f"cannot read the run's {path.name}: {err.msg}", file=str(path), line=err.lineno,
+                           expected=expected, kind="file") from None  # fmt: skip
+    except (ValueError, RecursionError) as err:
+        raise TunelabError(f"cannot read the run's {path.name}: {err}", file=str(path), expected=expected,
+                           kind="file") from None  # fmt: skip
+    if not isinstance(value, kind):
+        got = {dict: "an object", list: "a list", str: "a string", type(None): "null", bool: "a boolean"}.get(type(value), "a number")
+        raise TunelabError(f"cannot read the run's {path.name}: it is {got}, not {what}",
+                           file=str(path), expected=expected, kind="file")  # fmt: skip
+    return value
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

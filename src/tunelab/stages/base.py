@@ -57,6 +57,9 @@ class Context:
     notes: list[str] = field(default_factory=list)  # every step: shown in the report
     weight_memory: dict[str, int] = field(default_factory=dict)  # apply_method
     model: Any = None  # train_and_save: the trained model, still in memory
+    # api: opens a finished run (runs.loading.load_run, which sits above the stages), for a stage that
+    # uses another run's model (GRPO against a reward run)
+    open_run: Callable[[Any], Any] | None = None
 
 
 def base_model_kwargs(stage: Stage, method: Method, cfg: Any, precision: str, tokenizer: Any,

@@ -157,7 +157,7 @@ def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict],
     stage, method = ctx.stage, ctx.method
     args = training_arguments(ctx.cfg, ctx.run.checkpoints, ctx.precision, has_eval=bool(eval_rows),
                               n_train=len(train_rows), args_class=args_class, **(extra_args or {}))  # fmt: skip
-    stage_packs = not stage.kind.classifier
+    stage_packs = stage.kind.packs
     packed = t.padding_free and stage_packs and method.packs_rows
     if t.padding_free and stage_packs and not method.packs_rows:
         ctx.notes.append(f"method {method.name} prepends virtual tokens per row: batches are padded, not packed")
@@ -202,8 +202,8 @@ def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict],
     return {
         # the whole run's figures, over every process a resumed run took
         "train_seconds": round(seconds, 1),
-        "train_tokens": totals.tokens,
-        "train_tokens_per_second": round(totals.tokens / seconds, 1) if seconds > 0 else None,
+        "train_tokens": totals.tokens or None,  # None: the trainer samples its own (GRPO)
+        "train_tokens_per_second": round(totals.tokens / seconds, 1) if seconds > 0 and totals.tokens else None,
         "train_loss": round(totals.loss_sum / steps, 4) if steps else None,
         "global_step": steps,
         "best_checkpoint": trainer.state.best_model_checkpoint,
@@ -350,8 +350,10 @@ def learning_warnings(ctx: Context, base: dict[str, Any] | None, tuned: dict[str
     from tunelab.evaluation.metrics import LOWER_IS_BETTER
 
     out = []
+    from tunelab.training.losses import LOSSES
+
     losses = []
-    if ctx.run.metrics.is_file():
+    if ctx.run.metrics.is_file() and LOSSES[ctx.stage.loss].shows_learning:
         losses = [row["loss"] for row in read_metrics(ctx.run.metrics) if isinstance(row.get("loss"), int | float)]
     if len(losses) >= 2 and losses[-1] >= losses[0]:
         out.append(f"the final train loss ({losses[-1]:.4g}) is not below the first ({losses[0]:.4g})")

@@ -4,7 +4,7 @@ reading a config (and `tunelab --help`) stays cheap."""
 
 from __future__ import annotations
 
-from tunelab.stages import classify, pretrain, reward, sft
+from tunelab.stages import classify, grpo, preference, pretrain, reward, sft
 from tunelab.stages.base import Stage
 
 STAGES: dict[str, Stage] = {}
@@ -13,5 +13,8 @@ for stage in (
     pretrain.STAGE,
     classify.STAGE,
     reward.STAGE,
+    preference.DPO,
+    preference.KTO,
+    grpo.STAGE,
 ):
     STAGES[stage.name] = stage

@@ -61,6 +61,7 @@ class Loss:
     needs_positions: bool = False  # computes logits only at trained positions (methods must keep positions)
     model_loss_without_options: bool = False  # with no options it equals the model's own loss: use that
     trainer: str | None = None  # the library trainer that computes a loss tunelab does not (for people reading)
+    shows_learning: bool = True  # a falling loss means learning (not GRPO's, which sits near zero by design)
 
 
 LOSSES: dict[str, Loss] = {
@@ -70,6 +71,11 @@ LOSSES: dict[str, Loss] = {
         Loss("classification", classification_loss, per_batch_mean=True, model_loss_without_options=True),
         # −log σ(r_chosen − r_rejected) over pairs, computed by TRL's RewardTrainer
         Loss("bradley_terry", None, per_batch_mean=True, trainer="trl.RewardTrainer"),
+        # preference losses on the policy itself, with the base as the reference
+        Loss("dpo", None, per_batch_mean=True, trainer="trl.DPOTrainer"),
+        Loss("kto", None, per_batch_mean=True, trainer="trl.KTOTrainer"),
+        # policy gradient on sampled answers, advantages relative to their group
+        Loss("grpo", None, per_batch_mean=True, trainer="trl.GRPOTrainer", shows_learning=False),
     )
 }
 

@@ -75,8 +75,16 @@ class RunTotals(TrainerCallback, ExportableState):
 
 
 def batch_tokens(inputs: dict) -> int:
-    """Non-padding tokens of a collated batch: its attention mask(s), else every id (packed rows)."""
+    """Non-padding tokens of a collated batch: its attention mask(s), else every id (packed rows). 0 for
+    what is not a collated batch (GRPO trains on rows it samples answers for inside the step)."""
+    if not isinstance(inputs, dict):
+        return 0
+    if "attention_mask" in inputs:
+        return int(inputs["attention_mask"].sum())
     masks = [v for k, v in inputs.items() if k.endswith("attention_mask") and hasattr(v, "sum")]
+    if masks:
+        return int(sum(int(m.sum()) for m in masks))
+    masks = [v for k, v in inputs.items() if k.endswith("_mask") and hasattr(v, "sum")]  # GRPO: prompt + completion
     if masks:
         return int(sum(int(m.sum()) for m in masks))
     return int(sum(v.numel() for k, v in inputs.items() if k.endswith("input_ids") and hasattr(v, "numel")))

@@ -1,0 +1,247 @@
+"""Reinforcement learning with GRPO (TRL's GRPOTrainer): for each prompt the model samples a group of
+answers, a reward scores them, and the model is pushed towards the answers that beat their group's
+mean, with a KL pull (`beta`) towards the base.
+
+The reward is one of: a built-in programmatic reward (`tunelab.rewards`, e.g. `arithmetic`), a finished
+`reward` run's folder (its reward model scores prompt + answer, formatted as it was trained: the
+InstructGPT chain), or your own `module:function` with TRL's signature
+`fn(prompts, completions, **fields) -> list[float]` (the rows' other fields, e.g. `answer`, come as
+lists).
+
+Judged on held-out prompts, base vs tuned, by greedy answers: `mean_reward` (the training reward),
+`gold_score` (the `gold` rule, which training never sees), `kl_to_base` (mean log π − log π_base per
+token of the tuned answers) and `mean_output_tokens`. When the reward rises while the gold rule does
+not, or the KL or the answers' length run away, the run says **reward hacking suspected**.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tunelab.data.shapes import Example
+from tunelab.data.templates import PromptFormat
+from tunelab.errors import TunelabError
+from tunelab.evaluation.bootstrap import mean_metric, paired_bootstrap
+from tunelab.inference.prompts import display_input
+from tunelab.progress import info
+from tunelab.rewards import REWARDS
+from tunelab.runs.artifacts import BASE, TUNED, Prediction, write_predictions
+from tunelab.runs.layout import write_json_atomic
+from tunelab.stages import common
+from tunelab.stages.base import Context, Stage
+from tunelab.stages.preference import answers, kl_to_base
+
+HEADLINE = ("gold_score", "mean_reward", "kl_to_base", "mean_output_tokens")
+KL_RUNAWAY = 1.0  # nats per token: far beyond what a well-regularised run drifts
+LENGTH_RUNAWAY = 2.0  # answers this many times longer than the base's
+
+
+class GRPOOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reward: str | None = Field(None, description="built-in reward (tunelab.rewards), a reward run's folder, or "
+                               "module:function (required)")
+    gold: str | None = Field(None, description="rule that judges answers but is never trained on")
+    num_generations: int = Field(4, ge=2, description="answers sampled per prompt (the group)")
+    max_completion_length: int = Field(32, ge=1, description="most tokens per sampled answer")
+    temperature: float = Field(1.0, gt=0, allow_inf_nan=False, description="sampling temperature of the group")
+    beta: float = Field(0.04, ge=0, allow_inf_nan=False, description="KL coefficient (pull towards the base)")
+
+
+# -- rewards -------------------------------------------------------------------------------------
+
+
+class RewardRunScorer:
+    """A finished `reward` run as a reward function: its model scores the prompt + answer, formatted
+    with the reward run's own template."""
+
+    def __init__(self, run_dir: Path, open_run: Any) -> None:
+        self.loaded = open_run(run_dir)
+        if self.loaded.cfg.task != "reward":
+            raise TunelabError(f"is a {self.loaded.cfg.task} run, not a reward run", file=str(run_dir),
+                               field="grpo.reward", expected="the folder of a finished `task: reward` run")  # fmt: skip
+        self.__name__ = f"reward-run:{Path(run_dir).name}"
+
+    def __call__(self, prompts: list[str], completions: list[Any], raw_prompt: list[str], **_: Any) -> list[float]:
+        from tunelab.inference.scoring import sequence_scores
+        from tunelab.rewards import _text
+
+        fmt, tok = self.loaded.fmt, self.loaded.tokenizer
+        ids = []
+        for prompt, completion in zip(raw_prompt, completions, strict=True):
+            answer = _text(completion)
+            ex = Example("preference", {"prompt": prompt, "chosen": answer, "rejected": ""},
+                         [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}], None, "", {})  # fmt: skip
+            ids.append(fmt.encode(ex, tok, self.loaded.cfg.data.max_length)["input_ids"])
+        return sequence_scores(self.loaded.model, tok, ids, batch_size=16)
+
+
+def reward_function(spec: str, base_dir: Path | None, open_run: Any = None) -> Any:
+    """The configured reward: a reward run's folder (relative to the config; opened with `open_run`),
+    else a named function."""
+    from tunelab.rewards import resolve_reward
+
+    folder = Path(spec).expanduser()
+    if not folder.is_absolute() and base_dir is not None:
+        folder = base_dir / folder
+    if folder.is_dir():
+        if open_run is None:
+            raise TunelabError("a reward run needs the API to open it", field="grpo.reward", expected="tunelab.train(...)")
+        return RewardRunScorer(folder, open_run)
+    return resolve_reward(spec, field="grpo.reward", folder=base_dir)
+
+
+def score(fn: Any, examples: list, texts: list[str]) -> list[float]:
+    """A reward function (or gold rule) on answers to `examples`, called as TRL calls it."""
+    fields = {k: [ex.meta.get(k) for ex in examples] for k in (examples[0].meta if examples else {})}
+    raw = [display_input(ex) for ex in examples]
+    return [float(v) for v in fn(prompts=raw, completions=texts, raw_prompt=raw, **fields)]
+
+
+# -- training ------------------------------------------------------------------------------------
+
+
+def grpo_trainer(reward: Any) -> Any:
+    """A build_trainer for `fit`: TRL's GRPOTrainer with the reward, on prompt rows."""
+
+    def build(**kwargs: Any) -> Any:
+        from datasets import Dataset
+        from trl import GRPOTrainer
+
+        kwargs.pop("data_collator")  # GRPO batches its own prompts and sampled answers
+        kwargs["train_dataset"] = Dataset.from_list(kwargs["train_dataset"])
+        kwargs.pop("eval_dataset", None)
+        return GRPOTrainer(reward_funcs=[reward], **kwargs)
+
+    return build
+
+
+def prompt_rows(fmt: PromptFormat, tokenizer: Any, examples: list) -> list[dict[str, Any]]:
+    """TRL's rows: the prompt as the model sees it (template applied), the raw prompt and the row's
+    other fields for the reward."""
+    return [{"prompt": fmt.prompt_text(ex, tokenizer), "raw_prompt": display_input(ex), **ex.meta} for ex in examples]
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    from trl import GRPOConfig
+
+    cfg = ctx.cfg
+    options = cfg.task_options()
+    if not options.reward:
+        raise TunelabError("a grpo run needs a reward", field="grpo.reward",
+                           expected=f"grpo: {{reward: NAME}}: a built-in ({', '.join(REWARDS)}), a reward run's folder, "
+                           "or module:function")  # fmt: skip
+    common.setup(ctx)
+    splits = common.load_data(ctx)
+    reward = reward_function(options.reward, cfg._source_dir, ctx.open_run)
+    gold = None
+    if options.gold:
+        from tunelab.rewards import resolve_reward
+
+        gold = resolve_reward(options.gold, field="grpo.gold", folder=cfg._source_dir)
+    fmt = PromptFormat.build(ctx.tokenizer, shape=splits.shape, template=cfg.data.template,
+                             system_prompt=cfg.data.system_prompt)  # fmt: skip
+    train_rows = prompt_rows(fmt, ctx.tokenizer, splits.train)
+    test = splits.test[: cfg.evaluation.max_examples] if cfg.evaluation.max_examples else splits.test
+
+    model = common.load_base_model(ctx)
+    ev = cfg.evaluation
+    judged = ev.enabled and bool(test)
+    base_said = base_scores = None
+    if judged and ev.compare_base:
+        base_said = answers(model, ctx, fmt, test, "base")
+        base_scores = _scores(reward, gold, test, base_said["texts"])
+        write_json_atomic(ctx.run.base_eval_json, {"answers": base_said["texts"], **base_scores})
+    t = cfg.training
+    if (t.batch_size * t.grad_accum) % options.num_generations:
+        raise TunelabError(f"batch_size × grad_accum ({t.batch_size * t.grad_accum}) is not a multiple of "
+                           f"num_generations ({options.num_generations})", field="training.batch_size",
+                           expected="each batch to hold whole groups of answers")  # fmt: skip
+    extra = {"num_generations": options.num_generations, "max_completion_length": options.max_completion_length,
+             "temperature": options.temperature, "beta": options.beta, "disable_dropout": False,
+             "log_completions": False}  # fmt: skip
+    trained = common.train_and_save(ctx, model, train_rows, [], fmt, build_trainer=grpo_trainer(reward),
+                                    args_class=GRPOConfig, extra_args=extra)  # fmt: skip
+    model = trained["model"]
+    base = tuned = None
+    paired = None
+    if judged:
+        said = answers(model, ctx, fmt, test, "tuned")
+        scores = _scores(reward, gold, test, said["texts"])
+        tuned = _metrics(scores, said)
+        kl = kl_to_base(model, ctx, said)
+        tuned["kl_to_base"] = round(kl, 4) if kl is not None else None
+        if base_scores is not None:
+            base = {**_metrics(base_scores, base_said), "kl_to_base": 0.0}
+            key = "gold" if gold is not None else "reward"
+            paired = (mean_metric(f"{key}_score" if key == "gold" else "mean_reward"), base_scores[key], scores[key])
+        write_predictions(ctx.run.predictions, _predictions(test, base_said, base_scores, said, scores))
+    results = common.write_results(ctx, trained, base=base, tuned=tuned, n_test=len(test), paired=paired)
+    if base is not None and tuned is not None:
+        results["reward_check"] = _check(base_scores["reward"], scores["reward"], "mean_reward")
+        hacking = reward_hacking(base, tuned, results["reward_check"], results.get("learning_check") if gold else None)
+        results["reward_hacking"] = hacking
+        for reason in hacking:
+            info(f"[red]reward hacking suspected[/red] {reason}")
+            results["warnings"].append(f"reward hacking suspected: {reason}")
+        write_json_atomic(ctx.run.eval_json, results)
+    return results
+
+
+def _scores(reward: Any, gold: Any, examples: list, texts: list[str]) -> dict[str, list[float]]:
+    out = {"reward": score(reward, examples, texts)}
+    if gold is not None:
+        out["gold"] = [100.0 * v for v in score(gold, examples, texts)]
+    return out
+
+
+def _metrics(scores: dict[str, list[float]], said: dict[str, Any]) -> dict[str, Any]:
+    n = len(scores["reward"])
+    metrics: dict[str, Any] = {"mean_reward": sum(scores["reward"]) / max(n, 1), "n": n,
+                               "mean_output_tokens": round(sum(len(i) for i in said["ids"]) / max(n, 1), 1)}  # fmt: skip
+    if "gold" in scores:
+        metrics["gold_score"] = sum(scores["gold"]) / max(n, 1)
+    return metrics
+
+
+def _check(base: list[float], tuned: list[float], name: str) -> dict[str, Any]:
+    r = paired_bootstrap(mean_metric(name), base, tuned)
+    return {"metric": name, "base": r["a"], "tuned": r["b"], "delta": r["delta"], "low": r["low"], "high": r["high"],
+            "better": bool(r["low"] > 0), "n": len(base)}  # fmt: skip
+
+
+def reward_hacking(base: dict[str, Any], tuned: dict[str, Any], reward: dict[str, Any], gold: dict[str, Any] | None) -> list[str]:
+    """Why the tuned model may be gaming its reward rather than getting better (empty when nothing
+    suggests it): the reward rose beyond doubt but the gold rule did not; the KL to the base ran away;
+    the answers grew far longer than the base's."""
+    reasons = []
+    if reward["better"] and gold is not None and not gold["better"]:
+        reasons.append(f"the reward rose ({reward['base']:.3g} → {reward['tuned']:.3g}, 95% CI of the rise "
+                       f"[{reward['low']:+.3g}, {reward['high']:+.3g}]) but the gold rule did not "
+                       f"({gold['base']:.1f} → {gold['tuned']:.1f}, [{gold['low']:+.1f}, {gold['high']:+.1f}])")  # fmt: skip
+    kl = tuned.get("kl_to_base")
+    if kl is not None and kl > KL_RUNAWAY:
+        reasons.append(f"the tuned model moved far from the base (KL {kl:.2f} nats per token > {KL_RUNAWAY})")
+    if base.get("mean_output_tokens") and tuned["mean_output_tokens"] > LENGTH_RUNAWAY * base["mean_output_tokens"]:
+        reasons.append(f"answers grew from {base['mean_output_tokens']:.1f} to {tuned['mean_output_tokens']:.1f} tokens")
+    return reasons
+
+
+def _predictions(examples: list, base: dict | None, base_scores: dict | None, tuned: dict, scores: dict) -> list[Prediction]:
+    rows = []
+    for i, ex in enumerate(examples):
+        row = Prediction(source=ex.source, input=display_input(ex), reference=str(ex.meta.get("answer", "")),
+                         meta=dict(ex.meta))  # fmt: skip
+        for name, said, got in ((BASE, base, base_scores), (TUNED, tuned, scores)):
+            if said is not None and got is not None:
+                row.outputs[name] = said["texts"][i]
+                row.stats[name] = {k: v[i] for k, v in got.items()}
+        rows.append(row)
+    return rows
+
+
+STAGE = Stage(name="grpo", summary="RL with GRPO against a reward: built-in, a reward run, or your function (TRL)",
+              run=run, model_kind="policy_lm", shapes=("prompt",), loss="grpo", headline_metrics=HEADLINE,
+              options=GRPOOptions, reference_model=True, generates_in_loop=True)  # fmt: skip

@@ -1,0 +1,354 @@
+"""Preference tuning: the model itself learns to prefer the chosen response of a pair over the rejected
+one, with TRL's trainers — DPO (with its loss variants: sigmoid, ipo, hinge, sigmoid_norm …) and KTO
+(which learns from single responses marked good or bad: each pair gives one of each).
+
+The recipe: load prompt/chosen/rejected rows → encode both sides with the prompt template (the prompt
+once, each response + EOS) → judge the base on the held-out pairs and prompts → apply the method →
+train → save → judge the tuned model the same way.
+
+Judged on held-out rows, base vs tuned:
+- `preference_accuracy`: how often the implicit reward of DPO, log π(y|x) − log π_base(y|x), is higher
+  for the chosen response than for the rejected one (a tie counts half, so the base is exactly 50);
+- `likelihood_accuracy`: how often the model gives the chosen response the higher mean log-probability
+  per token (the base's own preference, before any training);
+- `logp_margin`: mean log π(chosen) − log π(rejected), in nats;
+- generations: greedy answers to the held-out prompts, scored by the stage's `gold` rule when the data
+  has one (`tunelab.rewards`, e.g. `exact-answer`), with the paired bootstrap interval of tuned − base;
+  and `kl_to_base`: mean log π(y|x) − log π_base(y|x) per token of the tuned model's own answers.
+With an adapter the base is the same model with its adapter switched off (no second copy in memory);
+a whole-model method keeps no reference at all during training (TRL precomputes the reference
+log-probabilities), and the base is loaded again, briefly, to score the tuned answers for the KL.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tunelab.data.shapes import rejected_example
+from tunelab.data.templates import IGNORE_INDEX, PromptFormat
+from tunelab.evaluation.bootstrap import mean_metric, paired_bootstrap
+from tunelab.inference.prompts import display_input
+from tunelab.progress import info
+from tunelab.runs.artifacts import BASE, TUNED, Prediction, write_predictions
+from tunelab.runs.layout import write_json_atomic
+from tunelab.stages import common
+from tunelab.stages.base import Context, Stage
+
+HEADLINE = ("preference_accuracy", "gold_score", "likelihood_accuracy", "logp_margin", "kl_to_base")
+DPO_LOSSES = ("sigmoid", "sigmoid_norm", "ipo", "hinge", "robust", "bco_pair", "exo_pair", "nca_pair", "aot",
+              "apo_zero", "apo_down", "sppo_hard", "discopop")  # fmt: skip
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    gold: str | None = Field(None, description="rule that judges generations (tunelab.rewards name or module:function)")
+
+
+class DPOOptions(_Options):
+    beta: float = Field(0.1, gt=0, allow_inf_nan=False, description="strength of the pull towards the base")
+    loss_type: Literal[DPO_LOSSES] = Field("sigmoid", description="TRL DPO loss: sigmoid (DPO), ipo, hinge, …")  # type: ignore[valid-type]
+    sft_weight: float = Field(0.0, ge=0, allow_inf_nan=False,
+                              description="weight of an SFT loss on the chosen responses (RPO); keeps DPO from "
+                              "lowering the chosen answers' likelihood too")  # fmt: skip
+
+
+class KTOOptions(_Options):
+    beta: float = Field(0.1, gt=0, allow_inf_nan=False, description="strength of the pull towards the base")
+    desirable_weight: float = Field(1.0, gt=0, allow_inf_nan=False, description="weight of the good responses' loss")
+    undesirable_weight: float = Field(1.0, gt=0, allow_inf_nan=False, description="weight of the bad responses' loss")
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+
+def encode_pairs(ctx: Context, fmt: PromptFormat, examples: list, split: str) -> list[dict[str, Any]]:
+    """{prompt_ids, chosen_ids, rejected_ids} per pair, each response + EOS encoded as SFT encodes it."""
+    max_length = ctx.cfg.data.max_length
+    chosen = fmt.encode_many(examples, ctx.tokenizer, max_length)
+    rejected = fmt.encode_many([rejected_example(ex) for ex in examples], ctx.tokenizer, max_length)
+    common.note_truncation(ctx, sum(c["truncated"] or r["truncated"] for c, r in zip(chosen, rejected, strict=True)),
+                           len(examples), f"{split} pair")  # fmt: skip
+    rows = []
+    for c, r in zip(chosen, rejected, strict=True):
+        n = _prompt_length(c["labels"])
+        rows.append({"prompt_ids": c["input_ids"][:n], "chosen_ids": c["input_ids"][n:],
+                     "rejected_ids": r["input_ids"][_prompt_length(r["labels"]):]})  # fmt: skip
+    return rows
+
+
+def _prompt_length(labels: list[int]) -> int:
+    return next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+
+
+def unpaired(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """KTO's rows: each pair's chosen response marked good, its rejected one bad, in a seeded order (KTO
+    estimates its KL term from other rows of the same batch, so a pair's two halves must not sit together)."""
+    import random
+
+    out = []
+    for r in rows:
+        out.append({"prompt_ids": r["prompt_ids"], "completion_ids": r["chosen_ids"], "label": True})
+        out.append({"prompt_ids": r["prompt_ids"], "completion_ids": r["rejected_ids"], "label": False})
+    random.Random(seed).shuffle(out)
+    return out
+
+
+def _rotated_completions(batch: dict[str, list]) -> dict[str, list]:
+    batch["KL_completion_ids"] = [batch["completion_ids"][-1], *batch["completion_ids"][:-1]]
+    return batch
+
+
+def _scored(row: dict[str, Any], side: str) -> dict[str, list[int]]:
+    ids = row["prompt_ids"] + row[f"{side}_ids"]
+    return {"input_ids": ids, "labels": [IGNORE_INDEX] * len(row["prompt_ids"]) + row[f"{side}_ids"]}
+
+
+# -- judging -------------------------------------------------------------------------------------
+
+
+def pair_logps(model: Any, ctx: Context, rows: list[dict[str, Any]], label: str) -> dict[str, list[float]]:
+    """Summed log-probabilities of each pair's chosen and rejected response, with their token counts."""
+    from tunelab.inference.scoring import sequence_nll
+
+    n = len(rows)
+    scored = sequence_nll(model, ctx.tokenizer, [_scored(r, "chosen") for r in rows] + [_scored(r, "rejected") for r in rows],
+                          batch_size=ctx.cfg.evaluation.batch_size, description=f"score pairs {label}")  # fmt: skip
+    return {"chosen": [-v for v, _ in scored[:n]], "rejected": [-v for v, _ in scored[n:]],
+            "chosen_tokens": [t for _, t in scored[:n]], "rejected_tokens": [t for _, t in scored[n:]]}  # fmt: skip
+
+
+def answers(model: Any, ctx: Context, fmt: PromptFormat, examples: list, label: str) -> dict[str, Any]:
+    """Greedy answers to the held-out prompts, with their token ids (for the KL)."""
+    from tunelab.inference.decoding import SamplingOptions, Sequence, decode
+
+    ev = ctx.cfg.evaluation
+    prompts = [fmt.prompt_ids(ex, ctx.tokenizer) for ex in examples]
+    rows = [Sequence(list(p), SamplingOptions(max_new_tokens=ev.max_new_tokens)) for p in prompts]
+    decode(model, ctx.tokenizer, rows, batch_size=ev.batch_size, description=f"answer {label}", show_progress=True)
+    return {"prompts": prompts, "texts": [r.text.strip() for r in rows], "ids": [list(r.token_ids) for r in rows]}
+
+
+def gold_scores(ctx: Context, examples: list, texts: list[str]) -> list[float] | None:
+    """The stage's gold rule on answers (None without one)."""
+    from tunelab.rewards import resolve_reward
+
+    options = ctx.cfg.task_options()
+    if options is None or not options.gold:
+        return None
+    fn = resolve_reward(options.gold, field=f"{ctx.cfg.task}.gold", folder=ctx.cfg._source_dir)
+    fields = {k: [ex.meta.get(k, ex.fields.get(k)) for ex in examples] for k in _row_fields(examples)}
+    prompts = [display_input(ex) for ex in examples]
+    return [float(v) for v in fn(prompts=prompts, completions=texts, **fields)]
+
+
+def _row_fields(examples: list) -> list[str]:
+    keys: dict[str, None] = {}
+    for ex in examples[:1]:
+        keys.update(dict.fromkeys(ex.meta))
+        keys.update(dict.fromkeys(k for k in ex.fields if k not in ("prompt", "chosen", "rejected")))
+    return list(keys)
+
+
+def judge(logps: dict[str, list[float]], base: dict[str, list[float]] | None, gold: list[float] | None,
+          n_answers: int, answer_tokens: float | None) -> dict[str, Any]:  # fmt: skip
+    """The metrics of one model from its pair log-probabilities (and the base's: the reference)."""
+    n = len(logps["chosen"])
+    ref = base or logps
+    margins = [(c - rc) - (r - rr) for c, r, rc, rr in zip(logps["chosen"], logps["rejected"], ref["chosen"], ref["rejected"],
+                                                            strict=True)]  # fmt: skip
+    per_token = [c / max(ct, 1) > r / max(rt, 1) for c, r, ct, rt in
+                 zip(logps["chosen"], logps["rejected"], logps["chosen_tokens"], logps["rejected_tokens"], strict=True)]  # fmt: skip
+    metrics: dict[str, Any] = {
+        "preference_accuracy": 100.0 * sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins) / n,
+        "likelihood_accuracy": 100.0 * sum(per_token) / n,
+        "logp_margin": sum(c - r for c, r in zip(logps["chosen"], logps["rejected"], strict=True)) / n,
+        "n": n,
+    }
+    if gold is not None:
+        metrics["gold_score"] = 100.0 * sum(gold) / max(len(gold), 1)
+    if answer_tokens is not None:
+        metrics["mean_output_tokens"] = round(answer_tokens, 1)
+    metrics["n_answers"] = n_answers
+    return metrics
+
+
+def implicit_reward_wins(logps: dict[str, list[float]], base: dict[str, list[float]]) -> list[float]:
+    """Per pair: 100 when the implicit reward prefers chosen, 50 on a tie, 0 otherwise."""
+    out = []
+    for c, r, rc, rr in zip(logps["chosen"], logps["rejected"], base["chosen"], base["rejected"], strict=True):
+        m = (c - rc) - (r - rr)
+        out.append(100.0 if m > 0 else 50.0 if m == 0 else 0.0)
+    return out
+
+
+def kl_to_base(model: Any, ctx: Context, said: dict[str, Any]) -> float | None:
+    """Mean log π(y|x) − log π_base(y|x) per token over the tuned model's own greedy answers y."""
+    from tunelab.inference.scoring import sequence_nll
+
+    rows = [{"input_ids": p + ids, "labels": [IGNORE_INDEX] * len(p) + ids} for p, ids in zip(said["prompts"], said["ids"], strict=True) if ids]
+    if not rows:
+        return None
+    kw = {"batch_size": ctx.cfg.evaluation.batch_size}
+    tuned = sequence_nll(model, ctx.tokenizer, rows, description="KL: tuned", **kw)
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            base = sequence_nll(model, ctx.tokenizer, rows, description="KL: base", **kw)
+    else:
+        reference = common.load_base_model(ctx)
+        base = sequence_nll(reference, ctx.tokenizer, rows, description="KL: base", **kw)
+        del reference
+    tokens = sum(t for _, t in tuned)
+    return sum(b - t for (t, _), (b, _) in zip(tuned, base, strict=True)) / max(tokens, 1)
+
+
+# -- training ------------------------------------------------------------------------------------
+
+
+def preference_trainer(trainer_class: str) -> Any:
+    """A build_trainer for `fit`: TRL's trainer on tunelab's pre-tokenized pairs (datasets.Dataset)."""
+
+    def build(**kwargs: Any) -> Any:
+        import importlib
+
+        from datasets import Dataset
+
+        module, _, name = trainer_class.rpartition(".")
+        library = getattr(importlib.import_module(module), name)
+
+        class Pretokenized(library):
+            def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, name: str) -> Any:
+                # tunelab's rows are encoded already (its template, its truncation): TRL would
+                # re-tokenize them from text
+                if "prompt_ids" not in dataset.column_names:
+                    return super()._prepare_dataset(dataset, processing_class, args, name)
+                if getattr(self, "calculate_KL", False):
+                    # KTO's KL estimate, as its own preparation builds it: each batch's completions rotated
+                    # by one, so every prompt is paired with another row's completion
+                    dataset = dataset.map(_rotated_completions, batched=True, batch_size=args.per_device_train_batch_size)
+                return dataset
+
+        Pretokenized.__name__ = library.__name__
+        cls = Pretokenized
+        kwargs.pop("data_collator")  # TRL builds the collator that matches its rows and losses
+        kwargs["train_dataset"] = Dataset.from_list(kwargs["train_dataset"])
+        if kwargs.get("eval_dataset"):
+            kwargs["eval_dataset"] = Dataset.from_list(kwargs["eval_dataset"])
+        return cls(**kwargs)
+
+    return build
+
+
+def _trainer_setup(ctx: Context) -> tuple[str, str, dict[str, Any]]:
+    """(trainer class, its config class, the config's own fields) for this stage and its options."""
+    options = ctx.cfg.task_options()
+    # a whole-model method has no adapter to switch off for the reference: TRL computes the reference
+    # log-probabilities once, before training, instead of keeping a second copy of the model
+    shared: dict[str, Any] = {"max_length": None, "disable_dropout": False, "beta": options.beta,
+                              "precompute_ref_log_probs": ctx.method.saves_whole_model}  # fmt: skip
+    if ctx.cfg.task == "kto":
+        return "trl.KTOTrainer", "trl.KTOConfig", {**shared, "desirable_weight": options.desirable_weight,
+                                                   "undesirable_weight": options.undesirable_weight}  # fmt: skip
+    losses = {"loss_type": [options.loss_type]}
+    if options.sft_weight:
+        losses = {"loss_type": [options.loss_type, "sft"], "loss_weights": [1.0, options.sft_weight]}
+    return "trl.DPOTrainer", "trl.DPOConfig", {**shared, **losses}
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    import importlib
+
+    cfg = ctx.cfg
+    common.setup(ctx)
+    splits = common.load_data(ctx)
+    fmt = PromptFormat.build(ctx.tokenizer, shape=splits.shape, template=cfg.data.template,
+                             system_prompt=cfg.data.system_prompt, train_on_prompt=False)  # fmt: skip
+    train_rows = encode_pairs(ctx, fmt, splits.train, "train")
+    eval_rows = encode_pairs(ctx, fmt, splits.validation, "validation")
+    test = splits.test[: cfg.evaluation.max_examples] if cfg.evaluation.max_examples else splits.test
+    test_rows = encode_pairs(ctx, fmt, test, "test")
+
+    model = common.load_base_model(ctx)
+    ev = cfg.evaluation
+    judged = ev.enabled and bool(test_rows)
+    base_logps = base_said = base_gold = None
+    if judged:
+        base_logps = pair_logps(model, ctx, test_rows, "base")
+        if ev.compare_base:
+            base_said = answers(model, ctx, fmt, test, "base")
+            base_gold = gold_scores(ctx, test, base_said["texts"])
+            write_json_atomic(ctx.run.base_eval_json, {"logps": base_logps, "answers": base_said["texts"]})
+    trainer_class, config_class, extra = _trainer_setup(ctx)
+    module, _, name = config_class.rpartition(".")
+    args_class = getattr(importlib.import_module(module), name)
+    if cfg.task == "kto":
+        train_rows, eval_rows = unpaired(train_rows, cfg.training.seed), unpaired(eval_rows, cfg.training.seed)
+    trained = common.train_and_save(ctx, model, train_rows, eval_rows, fmt, build_trainer=preference_trainer(trainer_class),
+                                    args_class=args_class, extra_args=extra)  # fmt: skip
+    model = trained["model"]
+    base = tuned = None
+    checks: dict[str, Any] = {}
+    if judged:
+        tuned_logps = pair_logps(model, ctx, test_rows, "tuned")
+        said = answers(model, ctx, fmt, test, "tuned")
+        gold = gold_scores(ctx, test, said["texts"])
+        tuned = judge(tuned_logps, base_logps, gold, len(test), _mean_tokens(said))
+        kl = kl_to_base(model, ctx, said)
+        if kl is not None:
+            tuned["kl_to_base"] = round(kl, 4)
+        if base_logps is not None and ev.compare_base:
+            base = judge(base_logps, None, base_gold, len(test), _mean_tokens(base_said))
+            base["kl_to_base"] = 0.0
+            if gold is not None and base_gold is not None:
+                checks["gold_check"] = _gold_check(base_gold, gold)
+        write_predictions(ctx.run.predictions, _predictions(test, base_said, said, base_gold, gold))
+    paired = None
+    if base is not None and tuned is not None:
+        paired = (mean_metric("preference_accuracy"), [50.0] * len(test_rows), implicit_reward_wins(tuned_logps, base_logps))
+    results = common.write_results(ctx, trained, base=base, tuned=tuned, n_test=len(test_rows), paired=paired)
+    if checks:
+        results.update(checks)
+        gc = checks["gold_check"]
+        verdict = "better" if gc["better"] else "not clearly better"
+        info(f"[cyan]gold[/cyan] {ctx.cfg.task_options().gold}: tuned {gc['tuned']:.1f} vs base {gc['base']:.1f} "
+             f"(95% CI of the difference [{gc['low']:+.1f}, {gc['high']:+.1f}]): {verdict}")  # fmt: skip
+        if not gc["better"]:
+            results["warnings"].append(f"the gold rule does not clearly prefer the tuned answers ({gc['tuned']:.1f} vs "
+                                       f"{gc['base']:.1f}; 95% interval [{gc['low']:+.1f}, {gc['high']:+.1f}])")  # fmt: skip
+        write_json_atomic(ctx.run.eval_json, results)
+    return results
+
+
+def _mean_tokens(said: dict[str, Any] | None) -> float | None:
+    if not said or not said["ids"]:
+        return None
+    return sum(len(i) for i in said["ids"]) / len(said["ids"])
+
+
+def _gold_check(base: list[float], tuned: list[float]) -> dict[str, Any]:
+    r = paired_bootstrap(mean_metric("gold_score"), [100.0 * v for v in base], [100.0 * v for v in tuned])
+    return {"metric": "gold_score", "base": r["a"], "tuned": r["b"], "delta": r["delta"], "low": r["low"],
+            "high": r["high"], "better": bool(r["low"] > 0), "n": len(base)}  # fmt: skip
+
+
+def _predictions(examples: list, base: dict | None, tuned: dict, base_gold: list | None, gold: list | None) -> list[Prediction]:
+    rows = []
+    for i, ex in enumerate(examples):
+        row = Prediction(source=ex.source, input=display_input(ex), reference=ex.fields["chosen"], meta=dict(ex.meta))
+        for name, said, scores in ((BASE, base, base_gold), (TUNED, tuned, gold)):
+            if said is not None:
+                row.outputs[name] = said["texts"][i]
+                if scores is not None:
+                    row.stats[name] = {"gold": scores[i]}
+        rows.append(row)
+    return rows
+
+
+def _stage(name: str, summary: str, options: type[BaseModel]) -> Stage:
+    return Stage(name=name, summary=summary, run=run, model_kind="policy_lm", shapes=("preference",), loss=name,
+                 headline_metrics=HEADLINE, options=options, reference_model=True)  # fmt: skip
+
+
+DPO = _stage("dpo", "direct preference optimisation on preference pairs (TRL DPOTrainer, its loss variants)", DPOOptions)
+KTO = _stage("kto", "Kahneman-Tversky optimisation: each response marked good or bad (TRL KTOTrainer)", KTOOptions)

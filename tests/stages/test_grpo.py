@@ -1,0 +1,92 @@
+"""GRPO end to end on the tiny model with each kind of reward — a built-in, the user's own
+`module:function`, a finished reward run — and the reward-hacking verdict on hand-made figures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import tunelab
+from tunelab.rewards import arithmetic, exact_answer
+from tunelab.stages.grpo import reward_hacking
+
+
+def config(tmp_path, tiny_model, reward: str, **extra) -> dict:
+    return {
+        "name": "grpo", "output_dir": str(tmp_path / "runs"), "model": str(tiny_model), "task": "grpo",
+        "method": "lora",
+        "data": {"train": "builtin:arithmetic-prompts", "max_length": 48, "split": {"validation": 0.0, "test": 0.03}},
+        "training": {"max_steps": 3, "batch_size": 4, "lr": 1e-2, "logging_steps": 1, "save_steps": None,
+                     "precision": "fp32"},
+        "evaluation": {"max_new_tokens": 4, "batch_size": 8},
+        "grpo": {"reward": reward, "gold": "exact-answer", "num_generations": 2, "max_completion_length": 4, **extra},
+    }  # fmt: skip
+
+
+def test_builtin_rewards_by_hand():
+    assert exact_answer(["q"] * 4, ["12", " 12. ", "12 apples", "13"], answer=["12"] * 4) == [1, 1, 0, 0]
+    got = arithmetic(["q"] * 4, ["12", "12 is it", "The sum is 13 or 12", "nothing"], answer=["12"] * 4)
+    assert got == [1.0, pytest.approx(0.5 - 0.04), 0.0, 0.0]
+
+
+def test_grpo_with_a_builtin_reward_trains_and_judges(tmp_path, tiny_model):
+    result = tunelab.train(config(tmp_path, tiny_model, "arithmetic"))
+    ev = result.results
+    base, tuned = ev["metrics"]["base"], ev["metrics"]["tuned"]
+    assert {"mean_reward", "gold_score", "kl_to_base", "mean_output_tokens"} <= set(tuned)
+    preds = [json.loads(line) for line in (result.run_dir / "predictions.jsonl").read_text().splitlines()]
+    # the reported scores are the rules applied to the reported answers
+    for side, metrics in (("base", base), ("tuned", tuned)):
+        answers = [p["outputs"][side] for p in preds]
+        refs = [p["reference"] for p in preds]
+        assert metrics["mean_reward"] == pytest.approx(sum(arithmetic([""] * len(refs), answers, answer=refs)) / len(refs))
+        assert metrics["gold_score"] == pytest.approx(100 * sum(exact_answer([], answers, answer=refs)) / len(refs))
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("reward" in r for r in rows) and (result.run_dir / "signals.png").is_file()
+    assert not any("train loss" in w for w in ev["warnings"])  # GRPO's loss is no learning signal
+    assert tunelab.generate(result.run_dir, preds[0]["input"], max_new_tokens=4) == preds[0]["outputs"]["tuned"]
+
+
+def test_grpo_with_the_users_function(tmp_path, tiny_model, monkeypatch):
+    (tmp_path / "my_rewards.py").write_text(
+        "CALLS = []\n"
+        "def short(prompts, completions, answer, **fields):\n"
+        "    CALLS.append(len(completions))\n"
+        "    return [1.0 / (1 + len(c)) for c in completions]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = tunelab.train(config(tmp_path, tiny_model, "my_rewards:short"))
+    import my_rewards
+
+    assert sum(my_rewards.CALLS) >= 3 * 4  # every sampled answer of every step (and the judging)
+    assert result.results["metrics"]["tuned"]["mean_reward"] > 0
+
+
+def test_grpo_against_a_reward_run(tmp_path, tiny_model):
+    rm = tunelab.train({
+        "name": "rm", "output_dir": str(tmp_path / "runs"), "model": str(tiny_model), "task": "reward", "method": "lora",
+        "data": {"train": "builtin:arithmetic-preference", "max_length": 48, "split": {"validation": 0.02, "test": 0.05}},
+        "training": {"max_steps": 2, "batch_size": 4, "save_steps": None, "precision": "fp32"},
+    })  # fmt: skip
+    result = tunelab.train(config(tmp_path, tiny_model, str(rm.run_dir)) | {"name": "grpo-rm"})
+    assert isinstance(result.results["metrics"]["tuned"]["mean_reward"], float)
+
+
+def test_a_missing_reward_is_one_message(tmp_path, tiny_model):
+    from tunelab.errors import TunelabError
+
+    with pytest.raises(TunelabError, match="grpo.reward"):
+        tunelab.train(config(tmp_path, tiny_model, "no_such_module:fn"))
+
+
+def test_reward_hacking_verdict():
+    base = {"mean_output_tokens": 10.0, "kl_to_base": 0.0}
+    up = {"base": 0.2, "tuned": 0.8, "low": 0.4, "high": 0.8, "better": True}
+    flat_gold = {"base": 30.0, "tuned": 28.0, "low": -6.0, "high": 2.0, "better": False}
+    better_gold = {"base": 30.0, "tuned": 60.0, "low": 20.0, "high": 40.0, "better": True}
+    calm = {"mean_output_tokens": 11.0, "kl_to_base": 0.1}
+    assert reward_hacking(base, calm, up, better_gold) == []
+    assert "gold rule did not" in reward_hacking(base, calm, up, flat_gold)[0]
+    assert "KL" in reward_hacking(base, {"mean_output_tokens": 11.0, "kl_to_base": 3.0}, up, better_gold)[0]
+    assert "grew" in reward_hacking(base, {"mean_output_tokens": 25.0, "kl_to_base": 0.1}, up, better_gold)[0]
