@@ -29,7 +29,7 @@ RewardFunction = Callable[..., list[float]]
 _NUMBER = re.compile(r"-?\d+")
 
 
-def _text(completion: Any) -> str:
+def completion_text(completion: Any) -> str:
     """A completion as text: TRL hands conversational completions as [{"role", "content"}] lists."""
     if isinstance(completion, list):
         return " ".join(str(m.get("content", "")) for m in completion if isinstance(m, dict))
@@ -39,29 +39,40 @@ def _text(completion: Any) -> str:
 def exact_answer(prompts: list[str], completions: list[Any], answer: list[Any], **_: Any) -> list[float]:
     """1 when the answer is exactly the reference (`answer` field), digits and nothing else (a final
     full stop and surrounding spaces allowed); else 0. The gold rule of the arithmetic built-ins."""
-    return [float(_text(c).strip().rstrip(".").strip() == str(a).strip()) for c, a in zip(completions, answer, strict=True)]
+    return [float(completion_text(c).strip().rstrip(".").strip() == str(a).strip()) for c, a in zip(completions, answer, strict=True)]
 
 
 def arithmetic(prompts: list[str], completions: list[Any], answer: list[Any], **_: Any) -> list[float]:
-    """A shaped reward for the arithmetic built-ins: 1 for exactly the answer; 0.5 for a reply whose
-    first number is the answer, less 0.02 per extra word (at most 0.4 off); 0 otherwise."""
+    """A shaped reward for the arithmetic built-ins: 1 for exactly the answer; for a reply that contains
+    the answer among its numbers, 0.5 less 0.02 per extra word (never below 0.1); 0 otherwise. Dense
+    enough that a group of sampled wordy replies differs (GRPO learns only from differences)."""
     out = []
     for completion, ref in zip(completions, answer, strict=True):
-        text = _text(completion).strip()
+        text = completion_text(completion).strip()
         if text.rstrip(".").strip() == str(ref).strip():
             out.append(1.0)
-            continue
-        numbers = _NUMBER.findall(text)
-        if numbers and numbers[0] == str(ref).strip():
-            out.append(0.5 - min(0.4, 0.02 * max(0, len(text.split()) - 1)))
+        elif str(ref).strip() in _NUMBER.findall(text):
+            out.append(max(0.1, 0.5 - 0.02 * max(0, len(text.split()) - 1)))
         else:
             out.append(0.0)
     return out
 
 
+def final_number(prompts: list[str], completions: list[Any], answer: list[Any], **_: Any) -> list[float]:
+    """1 when the reply's last number is the reference (`answer`): it states the right result, in any
+    words or format ("7", "3 + 4 = 7."); else 0. A gold rule for correctness, where `exact-answer` is
+    one for correctness and format."""
+    out = []
+    for completion, ref in zip(completions, answer, strict=True):
+        numbers = _NUMBER.findall(completion_text(completion))
+        out.append(float(bool(numbers) and numbers[-1] == str(ref).strip()))
+    return out
+
+
 REWARDS: dict[str, tuple[RewardFunction, str]] = {
     "exact-answer": (exact_answer, "1 if the reply is exactly the row's `answer`, else 0"),
-    "arithmetic": (arithmetic, "1 for exactly `answer`; 0.5 (less 0.02 a word) when its first number is it"),
+    "final-number": (final_number, "1 if the reply's last number is the row's `answer` (right result, any format)"),
+    "arithmetic": (arithmetic, "1 for exactly `answer`; 0.5 (less 0.02 a word, at least 0.1) when it contains it"),
 }
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 import tunelab
-from tunelab.rewards import arithmetic, exact_answer
+from tunelab.rewards import arithmetic, exact_answer, final_number
 from tunelab.stages.grpo import reward_hacking
 
 
@@ -26,8 +26,11 @@ def config(tmp_path, tiny_model, reward: str, **extra) -> dict:
 
 def test_builtin_rewards_by_hand():
     assert exact_answer(["q"] * 4, ["12", " 12. ", "12 apples", "13"], answer=["12"] * 4) == [1, 1, 0, 0]
-    got = arithmetic(["q"] * 4, ["12", "12 is it", "The sum is 13 or 12", "nothing"], answer=["12"] * 4)
-    assert got == [1.0, pytest.approx(0.5 - 0.04), 0.0, 0.0]
+    assert final_number(["q"] * 4, ["5 + 7 = 12.", "12 apples", "12 or 13", "no"], answer=["12"] * 4) == [1, 1, 0, 0]
+    words = "The sum of 5 and 7 is 12"
+    got = arithmetic(["q"] * 5, ["12", "12 is it", "The sum is 13 or 12", "nothing", words], answer=["12"] * 5)
+    assert got == [1.0, pytest.approx(0.5 - 0.04), pytest.approx(0.5 - 0.1), 0.0, pytest.approx(0.5 - 0.02 * 7)]
+    assert arithmetic(["q"], [" ".join([words] * 4)], answer=["12"]) == [0.1]  # never below 0.1
 
 
 def test_grpo_with_a_builtin_reward_trains_and_judges(tmp_path, tiny_model):

@@ -122,3 +122,25 @@ def test_bad_pairs_name_file_line_and_field(tmp_path, tiny_model, case, capsys, 
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in err
     assert f"{data}:3:" in err and field in err, err
+
+
+# every method on the policy stages: a few steps, saved, reloaded with the answers it gave in memory
+MATRIX_OPTIONS = {"freeze": {"trainable_layers": 1}, "prompt": {"num_virtual_tokens": 4},
+                  "ptuning": {"num_virtual_tokens": 4}, "prefix": {"num_virtual_tokens": 4}}  # fmt: skip
+
+
+@pytest.mark.parametrize("task", ["dpo", "kto", "grpo"])
+@pytest.mark.parametrize("method", ["full", "freeze", "lora", "dora", "qlora", "ia3", "prompt", "ptuning", "prefix"])
+def test_every_method_on_the_policy_stages(tmp_path, tiny_model, task, method):
+    if (task, method) in {("dpo", "full"), ("kto", "lora"), ("dpo", "ia3")}:
+        pytest.skip("trained above")
+    cfg = config(tmp_path, tiny_model, task, method, max_steps=2, save_steps=None, eval_steps=None)
+    cfg["training"]["lr"] = 1e-3
+    if method in MATRIX_OPTIONS:
+        cfg[method] = MATRIX_OPTIONS[method]
+    if task == "grpo":
+        cfg["data"] = {"train": "builtin:arithmetic-prompts", "max_length": 48, "split": {"validation": 0.0, "test": 0.03}}
+        cfg["grpo"] = {"reward": "arithmetic", "gold": "exact-answer", "num_generations": 2, "max_completion_length": 4}
+    result = tunelab.train(cfg)
+    preds = [json.loads(line) for line in (result.run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert tunelab.generate(result.run_dir, preds[0]["input"], max_new_tokens=4) == preds[0]["outputs"]["tuned"]

@@ -66,12 +66,12 @@ class RewardRunScorer:
 
     def __call__(self, prompts: list[str], completions: list[Any], raw_prompt: list[str], **_: Any) -> list[float]:
         from tunelab.inference.scoring import sequence_scores
-        from tunelab.rewards import _text
+        from tunelab.rewards import completion_text
 
         fmt, tok = self.loaded.fmt, self.loaded.tokenizer
         ids = []
         for prompt, completion in zip(raw_prompt, completions, strict=True):
-            answer = _text(completion)
+            answer = completion_text(completion)
             ex = Example("preference", {"prompt": prompt, "chosen": answer, "rejected": ""},
                          [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}], None, "", {})  # fmt: skip
             ids.append(fmt.encode(ex, tok, self.loaded.cfg.data.max_length)["input_ids"])
