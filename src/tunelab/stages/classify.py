@@ -18,7 +18,7 @@ from tunelab.evaluation.metrics import classification_metrics
 from tunelab.progress import info
 from tunelab.runs.artifacts import BASE, TUNED, Prediction, write_predictions
 from tunelab.stages.base import Context, Stage
-from tunelab.stages.common import load_base_model, load_data, setup, train_and_save, write_results
+from tunelab.stages.common import held_out, load_base_model, load_data, setup, train_and_save, write_results
 
 
 class ClassifyOptions(BaseModel):
@@ -93,7 +93,7 @@ def run(ctx: Context) -> dict[str, Any]:
     ctx.run.write_labels(labels)
     train_rows = encode(ctx, splits.train, label_ids)
     eval_rows = encode(ctx, splits.validation, label_ids)
-    test = splits.test[: cfg.evaluation.max_examples] if cfg.evaluation.max_examples else splits.test
+    test = held_out(ctx, splits)
     test_rows = encode(ctx, test, label_ids)
     counts = Counter(r["labels"] for r in train_rows)
     ctx.notes.append("labels: " + ", ".join(f"{name} ({counts[i]} train rows)" for i, name in enumerate(labels)))

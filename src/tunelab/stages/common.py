@@ -62,6 +62,12 @@ def load_data(ctx: Context) -> Splits:
     return splits
 
 
+def held_out(ctx: Context, splits: Splits) -> list:
+    """The test rows a recipe judges on: the test split, cut to `evaluation.max_examples`."""
+    n = ctx.cfg.evaluation.max_examples
+    return splits.test[:n] if n else splits.test
+
+
 def load_base_model(ctx: Context, labels: list[str] | None = None) -> Any:
     """The base model as the method trains on it (a classifier head sized for `labels`)."""
     from tunelab.models.loading import load_model

@@ -144,7 +144,7 @@ def run(ctx: Context) -> dict[str, Any]:
     fmt = PromptFormat.build(ctx.tokenizer, shape=splits.shape, template=cfg.data.template,
                              system_prompt=cfg.data.system_prompt)  # fmt: skip
     train_rows = prompt_rows(fmt, ctx.tokenizer, splits.train)
-    test = splits.test[: cfg.evaluation.max_examples] if cfg.evaluation.max_examples else splits.test
+    test = common.held_out(ctx, splits)
 
     model = common.load_base_model(ctx)
     ev = cfg.evaluation

@@ -206,16 +206,11 @@ def kl_to_base(model: Any, ctx: Context, said: dict[str, Any]) -> float | None:
 # -- training ------------------------------------------------------------------------------------
 
 
-def preference_trainer(trainer_class: str) -> Any:
+def preference_trainer(library: type) -> Any:
     """A build_trainer for `fit`: TRL's trainer on tunelab's pre-tokenized pairs (datasets.Dataset)."""
 
     def build(**kwargs: Any) -> Any:
-        import importlib
-
         from datasets import Dataset
-
-        module, _, name = trainer_class.rpartition(".")
-        library = getattr(importlib.import_module(module), name)
 
         class Pretokenized(library):
             def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, name: str) -> Any:
@@ -230,35 +225,34 @@ def preference_trainer(trainer_class: str) -> Any:
                 return dataset
 
         Pretokenized.__name__ = library.__name__
-        cls = Pretokenized
         kwargs.pop("data_collator")  # TRL builds the collator that matches its rows and losses
         kwargs["train_dataset"] = Dataset.from_list(kwargs["train_dataset"])
         if kwargs.get("eval_dataset"):
             kwargs["eval_dataset"] = Dataset.from_list(kwargs["eval_dataset"])
-        return cls(**kwargs)
+        return Pretokenized(**kwargs)
 
     return build
 
 
-def _trainer_setup(ctx: Context) -> tuple[str, str, dict[str, Any]]:
-    """(trainer class, its config class, the config's own fields) for this stage and its options."""
+def _trainer_setup(ctx: Context) -> tuple[type, type, dict[str, Any]]:
+    """(TRL trainer class, its config class, the config's own fields) for this stage and its options."""
+    import trl
+
     options = ctx.cfg.task_options()
     # a whole-model method has no adapter to switch off for the reference: TRL computes the reference
     # log-probabilities once, before training, instead of keeping a second copy of the model
     shared: dict[str, Any] = {"max_length": None, "disable_dropout": False, "beta": options.beta,
                               "precompute_ref_log_probs": ctx.method.saves_whole_model}  # fmt: skip
     if ctx.cfg.task == "kto":
-        return "trl.KTOTrainer", "trl.KTOConfig", {**shared, "desirable_weight": options.desirable_weight,
+        return trl.KTOTrainer, trl.KTOConfig, {**shared, "desirable_weight": options.desirable_weight,
                                                    "undesirable_weight": options.undesirable_weight}  # fmt: skip
     losses = {"loss_type": [options.loss_type]}
     if options.sft_weight:
         losses = {"loss_type": [options.loss_type, "sft"], "loss_weights": [1.0, options.sft_weight]}
-    return "trl.DPOTrainer", "trl.DPOConfig", {**shared, **losses}
+    return trl.DPOTrainer, trl.DPOConfig, {**shared, **losses}
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    import importlib
-
     cfg = ctx.cfg
     common.setup(ctx)
     splits = common.load_data(ctx)
@@ -266,7 +260,7 @@ def run(ctx: Context) -> dict[str, Any]:
                              system_prompt=cfg.data.system_prompt, train_on_prompt=False)  # fmt: skip
     train_rows = encode_pairs(ctx, fmt, splits.train, "train")
     eval_rows = encode_pairs(ctx, fmt, splits.validation, "validation")
-    test = splits.test[: cfg.evaluation.max_examples] if cfg.evaluation.max_examples else splits.test
+    test = common.held_out(ctx, splits)
     test_rows = encode_pairs(ctx, fmt, test, "test")
 
     model = common.load_base_model(ctx)
@@ -279,9 +273,7 @@ def run(ctx: Context) -> dict[str, Any]:
             base_said = answers(model, ctx, fmt, test, "base")
             base_gold = gold_scores(ctx, test, base_said["texts"])
             write_json_atomic(ctx.run.base_eval_json, {"logps": base_logps, "answers": base_said["texts"]})
-    trainer_class, config_class, extra = _trainer_setup(ctx)
-    module, _, name = config_class.rpartition(".")
-    args_class = getattr(importlib.import_module(module), name)
+    trainer_class, args_class, extra = _trainer_setup(ctx)
     if cfg.task == "kto":
         train_rows, eval_rows = unpaired(train_rows, cfg.training.seed), unpaired(eval_rows, cfg.training.seed)
     trained = common.train_and_save(ctx, model, train_rows, eval_rows, fmt, build_trainer=preference_trainer(trainer_class),

@@ -73,7 +73,7 @@ def run(ctx: Context) -> dict[str, Any]:
                              system_prompt=cfg.data.system_prompt, train_on_prompt=True)  # fmt: skip
     train_rows = encode_pairs(ctx, fmt, splits.train, "train")
     eval_rows = encode_pairs(ctx, fmt, splits.validation, "validation")
-    test = splits.test[: cfg.evaluation.max_examples] if cfg.evaluation.max_examples else splits.test
+    test = common.held_out(ctx, splits)
     test_rows = encode_pairs(ctx, fmt, test, "test")
 
     model = common.load_base_model(ctx)

@@ -18,6 +18,7 @@ from tunelab.runs.artifacts import write_predictions
 from tunelab.runs.layout import write_json_atomic
 from tunelab.stages.base import Context, Stage
 from tunelab.stages.common import (
+    held_out,
     load_base_model,
     load_data,
     note_truncation,
@@ -57,7 +58,7 @@ def run(ctx: Context) -> dict[str, Any]:
         info(f"[yellow]template[/yellow] {warning}")
     train_rows = tokenize(ctx, fmt, splits.train, "train")
     eval_rows = tokenize(ctx, fmt, splits.validation, "validation")
-    test = splits.test[: cfg.evaluation.max_examples] if cfg.evaluation.max_examples else splits.test
+    test = held_out(ctx, splits)
 
     model = load_base_model(ctx)
     ev = cfg.evaluation
