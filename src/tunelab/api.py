@@ -96,6 +96,8 @@ def _execute(cfg: RunConfig, run: RunDir, *, resume: bool) -> TrainResult:
         checked = check_for_training(cfg, task_shapes=stage.shapes)
         checked.raise_for_errors()
         ctx.splits = checked.splits
+        if cfg.model.init_from and not run.init_model_ready:
+            _merge_start(cfg, run)
         results = stage.run(ctx)
         report = write_run_report(run, cfg, results, ctx.notes, headline=stage.headline_metrics)
         run.mark_complete(_summary(results))
@@ -104,6 +106,16 @@ def _execute(cfg: RunConfig, run: RunDir, *, resume: bool) -> TrainResult:
         (run.path / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
         raise
     return TrainResult(run_dir=run.path, results=results, report=report, model=ctx.model, config=cfg)
+
+
+def _merge_start(cfg: RunConfig, run: RunDir) -> None:
+    """The run `model.init_from` names, merged into this run's own folder: its base from now on (kept
+    there, so this run loads, merges and serves even after the other run is gone)."""
+    from tunelab.export.merge import merge_run
+    from tunelab.progress import status
+
+    with status(f"Merging {cfg.model.init_from} into {run.init_model} (this run's starting weights)"):
+        merge_run(cfg.init_run_dir(), run.init_model, overwrite=True)
 
 
 def _summary(results: dict[str, Any]) -> dict[str, Any]:

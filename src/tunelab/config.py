@@ -63,6 +63,8 @@ class Section(BaseModel):
 class ModelSection(Section):
     name: str = Field("smollm2-135m-instruct", description="built-in short name, local HF directory, or hub id")
     trust_remote_code: bool = Field(False, description="run model code shipped with the checkpoint (off for safety)")
+    init_from: str | None = Field(None, description="a finished run's folder (relative to the config) to start from: "
+                                  "its trained weights, merged, instead of the base's (SFT → reward model → RL)")  # fmt: skip
 
 
 class SplitSection(Section):
@@ -192,6 +194,14 @@ class _RunConfigBase(Section):
         return self
 
     @model_validator(mode="after")
+    def _stage_can_train_with_it(self) -> _RunConfigBase:
+        refuse = STAGES[self.task].refuse
+        problem = refuse(self) if refuse is not None else None
+        if problem is not None:
+            raise _AtKey(*problem)
+        return self
+
+    @model_validator(mode="after")
     def _options_match_method(self) -> _RunConfigBase:
         # An options section for another method is almost always a typo'd `method:` — say so up front.
         for name in METHODS:
@@ -234,6 +244,13 @@ class _RunConfigBase(Section):
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+    def init_run_dir(self) -> Path | None:
+        """The finished run `model.init_from` names (relative paths: from the config's folder)."""
+        if not self.model.init_from:
+            return None
+        path = Path(self.model.init_from).expanduser()
+        return Path(os.path.normpath(path if path.is_absolute() else (self._source_dir or Path.cwd()) / path))
 
 
 # Each method or task with options contributes a section named after it (`lora:`, `classify:`), so
@@ -494,6 +511,7 @@ def check_before_loading(cfg: _RunConfigBase, *, output_dir: bool = True, model:
     notes: list[str] = []
     if output_dir:
         _check_output_dir(cfg, where)
+    notes += _check_init_from(cfg, where, strict=strict)
     if model:
         notes += _check_model(cfg, where, strict=strict)
     return notes
@@ -518,6 +536,43 @@ def _check_output_dir(cfg: _RunConfigBase, where: _Where) -> None:
                               expected="a name whose run directory is free or a tunelab run")  # fmt: skip
     except OSError as err:  # a name too long for the file system, …
         raise where.error(f"cannot use it: {err.strerror or err}", field="output_dir", expected=expected) from None
+
+
+def _check_init_from(cfg: _RunConfigBase, where: _Where, *, strict: bool) -> list[str]:
+    """`model.init_from`: a complete run whose trained weights can be folded into a model this task can
+    start from. Its base becomes this run's `model.name` (a different one given here is refused). With
+    `strict=False` (`tunelab validate` of a chain whose earlier step has not run yet) a missing run is a note."""
+    from tunelab.runs.layout import RunDir
+
+    folder = cfg.init_run_dir()
+    if folder is None or RunDir(cfg.run_dir).init_model_ready:  # resumed: the merged start is in the run already
+        return []
+    if not strict and not folder.exists():
+        return [f"model.init_from not checked: {folder} does not exist yet (run the step that makes it first)"]
+    init = RunDir(folder)
+    expected = "the folder of a finished tunelab run whose model this task can start from"
+    if folder.resolve() == cfg.run_dir.resolve():
+        raise where.error("is this run's own folder", field="model.init_from", expected=expected)
+    try:
+        init.require_complete()
+        init_cfg = load_config(init.config)
+    except TunelabError as err:
+        raise where.error(f"{folder}: {err.message}", field="model.init_from", expected=expected) from None
+    init_stage, stage = STAGES[init_cfg.task], STAGES[cfg.task]
+    if not METHODS[init_cfg.method].mergeable:
+        raise where.error(f"{folder} is a {init_cfg.method} run: its virtual tokens cannot be folded into the weights, "
+                          "so no run can start from them", field="model.init_from",
+                          expected="a run trained with a mergeable method (full, freeze, lora, dora, qlora, ia3)")  # fmt: skip
+    if init_stage.kind.classifier and init_cfg.task != cfg.task:
+        raise where.error(f"{folder} is a {init_cfg.task} run: its model ends in a score head, not a language-model "
+                          f"head, so a {cfg.task} run cannot start from it", field="model.init_from",
+                          expected=f"a generative run (sft, pretrain, dpo, …){' or another ' + cfg.task + ' run' if stage.kind.classifier else ''}")  # fmt: skip
+    if "name" in cfg.model.model_fields_set and cfg.model.name != init_cfg.model.name:
+        raise where.error(f"is {cfg.model.name!r}, but model.init_from ({folder}) was trained from "
+                          f"{init_cfg.model.name!r}", field="model.name",
+                          expected="no model.name with init_from (the run's own base is used), or the same one")  # fmt: skip
+    cfg.model.name = init_cfg.model.name
+    return []
 
 
 def _check_model(cfg: _RunConfigBase, where: _Where, *, strict: bool) -> list[str]:

@@ -96,3 +96,21 @@ def resolve_reward(spec: str, *, field: str, folder: Path | None = None) -> Rewa
     if not callable(fn):
         raise TunelabError(f"{module_name} has no function {attr!r}", field=field, expected="module:function")
     return fn
+
+
+def check_fields(fn: RewardFunction, fields: list[str], *, field: str, source: str | None = None) -> None:
+    """Refuse a reward or gold rule that needs a column the rows lack (its required parameters other
+    than prompts and completions), before any model is trained or judged."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a callable without a readable signature: TRL will call it as it is
+        return
+    needed = [p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+              and p.name not in ("prompts", "completions")]  # fmt: skip
+    missing = [name for name in needed if name not in fields]
+    if missing:
+        raise TunelabError(f"needs the column(s) {', '.join(missing)}, which the data rows lack (they have "
+                           f"{', '.join(fields) or 'no other columns'})", file=source, field=field,
+                           expected=f"rows with the field {missing[0]!r}, or a rule that does not need it")  # fmt: skip

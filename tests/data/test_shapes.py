@@ -29,6 +29,12 @@ CASES = {
         [("user", "Translate\n\nchat"), ("assistant", "cat")],
     ),
     "preference": ({"prompt": "P", "chosen": "C", "rejected": "R"}, [("user", "P"), ("assistant", "C")]),
+    "preference_dialogue": (
+        {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: Q?\n\nAssistant: C",
+         "rejected": "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: Q?\n\nAssistant: R"},
+        [("user", "Hi"), ("assistant", "Hello"), ("user", "Q?"), ("assistant", "C")],
+    ),  # fmt: skip
+    "feedback": ({"prompt": "P", "completion": "C", "label": True}, [("user", "P"), ("assistant", "C")]),
     "prompt_completion": ({"prompt": "P", "completion": "C"}, [("user", "P"), ("assistant", "C")]),
     "input_output": ({"input": "I", "output": "O"}, [("user", "I"), ("assistant", "O")]),
     "prompt": ({"prompt": "What is 1 plus 1?", "answer": "2"}, [("user", "What is 1 plus 1?")]),
@@ -158,14 +164,15 @@ def test_classification_labels_may_be_ints_but_not_bools():
 
 
 def test_one_table_of_shapes_in_detection_order():
-    assert SHAPES == tuple(ROW_SHAPES) == ("qa", "alpaca", "preference", "prompt_completion", "input_output",
-                                           "prompt", "messages", "conversations", "classification", "text")  # fmt: skip
+    assert SHAPES == tuple(ROW_SHAPES) == ("qa", "alpaca", "preference", "preference_dialogue", "feedback",
+                                           "prompt_completion", "input_output", "prompt", "messages", "conversations",
+                                           "classification", "text")  # fmt: skip
     prompts = {name: s.prompt_field for name, s in ROW_SHAPES.items() if s.kind == "pair"}
     assert prompts == {"qa": "question", "alpaca": "instruction", "prompt_completion": "prompt", "input_output": "input"}
-    assert RESPONSE_FIELD == {name: s.response_field for name, s in ROW_SHAPES.items() if s.kind in ("pair", "preference")}
+    assert RESPONSE_FIELD == {name: s.response_field for name, s in ROW_SHAPES.items() if s.kind in ("pair", "preference", "feedback")}
     for name, shape in ROW_SHAPES.items():
         assert shape.name == name and set(shape.required) <= set(shape.fields)
-        assert shape.kind in ("pair", "chat", "preference", "prompt", "classification", "text")
+        assert shape.kind in ("pair", "chat", "preference", "feedback", "prompt", "classification", "text")
         assert describe_shape(name) == shape.description
 
 
@@ -220,3 +227,45 @@ def test_a_preference_pair_and_its_rejected_side():
     assert rejected.fields["chosen"] == "R" and example.fields["chosen"] == "C" and rejected.meta == {"id": 1}
     with pytest.raises(TunelabError, match="f:3: rejected: is the same text as chosen"):
         to_example({"prompt": "P", "chosen": "C", "rejected": "C"}, "preference", file="f", line=3)
+
+
+def turns(*pairs: tuple[str, str]) -> list[dict]:
+    return [{"role": r, "content": c} for r, c in pairs]
+
+
+def test_conversational_preference_rows_match_their_string_form():
+    """TRL's conversational preference rows (explicit prompt, or whole dialogues whose shared turns are
+    the prompt) become the same Example as the hand-written string pair."""
+    strings = to_example({"prompt": "Q?", "chosen": "C", "rejected": "R"}, "preference", file="f", line=1)
+    explicit = {"prompt": turns(("user", "Q?")), "chosen": turns(("assistant", "C")), "rejected": turns(("assistant", "R"))}
+    implicit = {"chosen": turns(("user", "Q?"), ("assistant", "C")), "rejected": turns(("user", "Q?"), ("assistant", "R"))}
+    hh = {"chosen": "\n\nHuman: Q?\n\nAssistant: C", "rejected": "\n\nHuman: Q?\n\nAssistant: R"}
+    for row in (explicit, implicit, hh):
+        ex = to_example(row, detect_shape(row, file="f", line=1), file="f", line=1)
+        assert (ex.fields, ex.messages) == (strings.fields, strings.messages)
+    multi = to_example({"prompt": turns(("system", "S"), ("user", "A"), ("assistant", "B"), ("user", "Q?")),
+                        "chosen": "C", "rejected": "R"}, "preference", file="f", line=1)  # fmt: skip
+    assert multi.fields["prompt"] == "System: S\n\nUser: A\n\nAssistant: B\n\nUser: Q?"
+    assert [m["role"] for m in multi.messages] == ["system", "user", "assistant", "user", "assistant"]
+
+
+BAD_PREFERENCE = {
+    "same dialogue": ({"chosen": "\n\nHuman: Q\n\nAssistant: A", "rejected": "\n\nHuman: Q\n\nAssistant: A"}, "rejected"),
+    "differ earlier": ({"chosen": "\n\nHuman: Q\n\nAssistant: A", "rejected": "\n\nHuman: P\n\nAssistant: B"}, "chosen"),
+    "no turns": ({"chosen": "just text", "rejected": "other text"}, "chosen"),
+    "prompt ends with the answer": ({"prompt": turns(("user", "Q"), ("assistant", "A")), "chosen": "C", "rejected": "R"},
+                                    "prompt[1]"),
+    "two answers": ({"prompt": "Q", "chosen": turns(("assistant", "C"), ("assistant", "D")), "rejected": "R"}, "chosen"),
+    "user answer": ({"prompt": "Q", "chosen": turns(("user", "C")), "rejected": "R"}, "chosen"),
+    "label not bool": ({"prompt": "Q", "completion": "C", "label": "yes"}, "label"),
+    "label int": ({"prompt": "Q", "completion": "C", "label": 1}, "label"),
+    "empty completion": ({"prompt": "Q", "completion": " ", "label": True}, "completion"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_PREFERENCE))
+def test_bad_conversational_preference_rows_name_line_and_field(case):
+    row, field = BAD_PREFERENCE[case]
+    with pytest.raises(TunelabError) as err:
+        to_example(row, detect_shape(row, file="d.jsonl", line=4), file="d.jsonl", line=4)
+    assert (err.value.file, err.value.line, err.value.field) == ("d.jsonl", 4, field)

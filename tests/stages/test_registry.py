@@ -9,7 +9,7 @@ from tunelab.training.losses import LOSSES
 
 
 def test_every_stage_points_at_known_shapes_kinds_and_losses():
-    assert set(STAGES) == {"sft", "pretrain", "classify", "reward", "dpo", "kto", "grpo"}
+    assert set(STAGES) == {"sft", "pretrain", "classify", "reward", "dpo", "kto", "orpo", "simpo", "grpo", "rloo"}
     for name, stage in STAGES.items():
         assert stage.name == name and callable(stage.run)
         assert stage.shapes and set(stage.shapes) <= set(SHAPES), name

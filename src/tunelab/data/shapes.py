@@ -4,6 +4,7 @@ one `Example` form, and what makes two examples the same row or the same prompt.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ class RowShape:
     required: tuple[str, ...]  # the fields a row must have: detection picks the first shape with all of them
     prompt_field: str | None  # pair shapes: the field a prompt-only row needs (batch generation)
     response_field: str | None  # pair shapes: the field the model learns to write
-    kind: str  # "pair" | "chat" | "preference" | "prompt" | "classification" | "text": how a row becomes an Example
+    kind: str  # "pair" | "chat" | "preference" | "feedback" | "prompt" | "classification" | "text": how a row becomes an Example
     description: str  # human name with its fields, for notes and error messages
 
 
@@ -35,7 +36,14 @@ ROW_SHAPES: dict[str, RowShape] = {
         RowShape("alpaca", ("instruction", "input", "output"), ("instruction", "output"), "instruction", "output",
                  "pair", "Alpaca instruction (fields instruction, input (optional), output)"),
         RowShape("preference", ("prompt", "chosen", "rejected"), ("prompt", "chosen", "rejected"), "prompt", "chosen",
-                 "preference", "preference pair (fields prompt, chosen, rejected)"),
+                 "preference", "preference pair (fields prompt, chosen, rejected: strings, or message lists as in "
+                 "TRL's conversational format)"),
+        RowShape("preference_dialogue", ("chosen", "rejected"), ("chosen", "rejected"), None, "chosen", "preference",
+                 "two whole dialogues sharing their prompt (fields chosen, rejected: message lists, or Anthropic HH "
+                 "text with Human:/Assistant: turns); the prompt is the turns they share"),
+        RowShape("feedback", ("prompt", "completion", "label"), ("prompt", "completion", "label"), "prompt",
+                 "completion", "feedback", "unpaired feedback for KTO (fields prompt, completion, label: true for a "
+                 "good response, false for a bad one)"),
         RowShape("prompt_completion", ("prompt", "completion"), ("prompt", "completion"), "prompt", "completion",
                  "pair", "prompt/completion (fields prompt, completion)"),
         RowShape("input_output", ("input", "output"), ("input", "output"), "input", "output", "pair",
@@ -55,6 +63,7 @@ ROW_SHAPES: dict[str, RowShape] = {
 # Views of the table, for code that wants one column of it.
 SHAPES = tuple(ROW_SHAPES)
 RESPONSE_FIELD = {name: s.response_field for name, s in ROW_SHAPES.items() if s.response_field}
+PREFERENCE_SHAPES = tuple(name for name, s in ROW_SHAPES.items() if s.kind == "preference")  # chosen vs rejected
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -200,13 +209,108 @@ def _pair(row: dict, spec: RowShape, where: dict) -> Built:
 
 def _preference(row: dict, spec: RowShape, where: dict) -> Built:
     """A prompt with a preferred and a dispreferred response; `messages` is the chosen conversation (the
-    rejected one is the same prompt with `fields["rejected"]`, see `rejected_example`)."""
-    fields = {name: _string(row, name, **where) for name in spec.fields}
-    if fields["chosen"] == fields["rejected"]:
+    rejected one is the same prompt with `fields["rejected"]`, see `rejected_example`). The prompt is a
+    string or a conversation up to a user turn; the responses are strings or one assistant message each.
+    Without a prompt (`preference_dialogue`) it is the turns the two dialogues share."""
+    if "prompt" in spec.fields:
+        prompt = _prompt_turns(row["prompt"], "prompt", where)
+        chosen, rejected = (_response(row[name], name, where) for name in ("chosen", "rejected"))
+    else:
+        prompt, chosen, rejected = _split_dialogues(row, where)
+    if chosen == rejected:
         raise TunelabError("is the same text as chosen, so the pair prefers nothing", **where, field="rejected",
                            expected="two different responses", kind="empty_field")  # fmt: skip
-    messages = [{"role": "user", "content": fields["prompt"]}, {"role": "assistant", "content": fields["chosen"]}]
-    return fields, messages, None
+    fields = {"prompt": _prompt_field(row, prompt), "chosen": chosen, "rejected": rejected}
+    return fields, [*prompt, {"role": "assistant", "content": chosen}], None
+
+
+def _feedback(row: dict, spec: RowShape, where: dict) -> Built:
+    """One response to a prompt, marked good (`label: true`) or bad (`false`): KTO's unpaired feedback."""
+    prompt = _prompt_turns(row["prompt"], "prompt", where)
+    completion = _response(row["completion"], "completion", where)
+    label = row["label"]
+    if not isinstance(label, bool):
+        raise TunelabError(f"is {_type_name(label)}", **where, field="label",
+                           expected="true (a good response) or false (a bad one)", kind="labels")  # fmt: skip
+    fields = {"prompt": _prompt_field(row, prompt), "completion": completion, "label": label}
+    return fields, [*prompt, {"role": "assistant", "content": completion}], None
+
+
+def _prompt_turns(value: Any, name: str, where: dict) -> list[dict]:
+    """A prompt as chat turns: a string is one user turn; a message list must end with the user's turn."""
+    if not isinstance(value, list):
+        return [{"role": "user", "content": _string({name: value}, name, **where)}]
+    turns = _messages(value, name, "role", "content", need_assistant=False, **where)
+    if turns[-1]["role"] != "user":
+        raise TunelabError(f"ends with {'an' if turns[-1]['role'] == 'assistant' else 'a'} {turns[-1]['role']} turn", **where, field=f"{name}[{len(turns) - 1}]",
+                           expected="a conversation ending with the user turn the responses answer",
+                           kind="wrong_type")  # fmt: skip
+    return turns
+
+
+def _response(value: Any, name: str, where: dict) -> str:
+    """A response: a string, or (TRL's conversational format) a list of one assistant message."""
+    if not isinstance(value, list):
+        return _string({name: value}, name, **where)
+    turns = _messages(value, name, "role", "content", **where)
+    if len(turns) != 1:
+        raise TunelabError(f"has {len(turns)} turns", **where, field=name,
+                           expected='one assistant message, e.g. [{"role": "assistant", "content": "..."}]',
+                           kind="wrong_type")  # fmt: skip
+    return turns[0]["content"]
+
+
+def _prompt_field(row: dict, turns: list[dict]) -> str:
+    """The prompt as one string (for custom templates and tables): as given, else its turns written out."""
+    if isinstance(row.get("prompt"), str):
+        return row["prompt"]
+    if len(turns) == 1:
+        return turns[0]["content"]
+    return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in turns)
+
+
+_HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
+
+
+def _split_dialogues(row: dict, where: dict) -> tuple[list[dict], str, str]:
+    """(shared prompt turns, chosen answer, rejected answer) of two dialogues that differ only in their
+    last assistant turn."""
+    sides = {name: _dialogue(row[name], name, where) for name in ("chosen", "rejected")}
+    chosen, rejected = sides["chosen"], sides["rejected"]
+    if chosen == rejected:
+        raise TunelabError("is the same dialogue as chosen, so the pair prefers nothing", **where, field="rejected",
+                           expected="two dialogues with different last answers", kind="empty_field")  # fmt: skip
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    for name, turns in sides.items():
+        rest = turns[shared:]
+        if len(rest) != 1 or rest[0]["role"] != "assistant" or shared == 0:
+            raise TunelabError(f"differs from the other dialogue in {len(rest)} turn(s) after the {shared} they share",
+                               **where, field=name, expected="two dialogues that share every turn but the last "
+                               "assistant answer", kind="wrong_type")  # fmt: skip
+    prompt = chosen[:shared]
+    if prompt[-1]["role"] != "user":
+        raise TunelabError("the shared turns end with an assistant turn", **where, field="chosen",
+                           expected="a shared conversation ending with the user turn both answers reply to",
+                           kind="wrong_type")  # fmt: skip
+    return prompt, chosen[-1]["content"], rejected[-1]["content"]
+
+
+def _dialogue(value: Any, name: str, where: dict) -> list[dict]:
+    """A whole dialogue: a message list, or Anthropic HH text ("\n\nHuman: …\n\nAssistant: …")."""
+    if isinstance(value, list):
+        return _messages(value, name, "role", "content", **where)
+    text = _string({name: value}, name, **where)
+    marks = list(_HH_TURN.finditer(text))
+    if not marks or text[: marks[0].start()].strip():
+        raise TunelabError("is text without Human:/Assistant: turns", **where, field=name,
+                           expected='a message list, or HH text "\\n\\nHuman: ...\\n\\nAssistant: ..."',
+                           kind="wrong_type")  # fmt: skip
+    roles = {"Human": "user", "Assistant": "assistant"}
+    turns = [{"role": roles[m.group(1)], "content": text[m.end() : nxt.start() if nxt else len(text)].strip()}
+             for m, nxt in zip(marks, [*marks[1:], None], strict=True)]  # fmt: skip
+    return _messages(turns, name, "role", "content", **where)
 
 
 def _prompt_only(row: dict, spec: RowShape, where: dict) -> Built:
@@ -239,6 +343,7 @@ _BUILDERS: dict[str, Callable[[dict, RowShape, dict], Built]] = {
     "pair": _pair,
     "chat": _chat,
     "preference": _preference,
+    "feedback": _feedback,
     "prompt": _prompt_only,
     "classification": _text_fields,
     "text": _text_fields,
@@ -299,7 +404,8 @@ def _string(row: dict, name: str, *, file: str, line: int, optional: bool = Fals
     return value
 
 
-def _messages(turns: Any, field: str, role_key: str, text_key: str, *, file: str, line: int) -> list[dict]:
+def _messages(turns: Any, field: str, role_key: str, text_key: str, *, file: str, line: int,
+              need_assistant: bool = True) -> list[dict]:  # fmt: skip
     """Check a chat (OpenAI messages or ShareGPT turns) and return it as [{role, content}] with standard roles."""
     sharegpt = field == "conversations"
     allowed = ", ".join(SHAREGPT_ROLES if sharegpt else ROLES)
@@ -333,7 +439,7 @@ def _messages(turns: Any, field: str, role_key: str, text_key: str, *, file: str
             raise TunelabError("is empty", **where, field=f"{at}.{text_key}", expected=f"a non-empty {role} turn",
                                kind="empty_field")  # fmt: skip
         messages.append({"role": role, "content": content})
-    if not any(m["role"] == "assistant" for m in messages):
+    if need_assistant and not any(m["role"] == "assistant" for m in messages):
         reply = "assistant" if not sharegpt else "gpt/assistant/model"
         raise TunelabError(f"has no {reply} turn, so there is nothing to learn to answer", **where, field=field,
                            expected=f"at least one {reply} turn", kind="no_assistant")  # fmt: skip

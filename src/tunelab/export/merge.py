@@ -291,8 +291,9 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, *, dtype: str = "float32
 def export_adapter(run_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> Path:
     """Copy a run's peft adapter with its tokenizer and chat template: the export for unmergeable methods."""
     from tunelab.methods.registry import METHODS
-    from tunelab.models.loading import load_tokenizer, resolve_model
+    from tunelab.models.loading import load_tokenizer
     from tunelab.runs.loading import run_config
+    from tunelab.stages.base import base_model_path
 
     out = Path(out_dir).expanduser()
     _fresh_dir(out, overwrite)
@@ -312,7 +313,7 @@ def export_adapter(run_dir: str | Path, out_dir: str | Path, *, overwrite: bool 
         if template:
             tok.chat_template = template
         tok.save_pretrained(tmp)
-        base = resolve_model(cfg.model.name).path
+        base = base_model_path(cfg, run)
         (tmp / "README.md").write_text(
             f"# peft adapter from tunelab run `{run.path.name}` (method: {cfg.method})\n\n"
             "```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"

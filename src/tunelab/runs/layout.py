@@ -42,6 +42,9 @@ class RunDir:
     signals_png = property(lambda self: self.path / "signals.png")  # reward, KL, margins… (preference and RL)
     tokenizer_dir = property(lambda self: self.path / "tokenizer")
     labels_json = property(lambda self: self.path / "labels.json")
+    # a run started from another (`model.init_from`): that run's trained weights merged, this run's base
+    init_model = property(lambda self: self.path / "init_model")
+    init_model_ready = property(lambda self: (self.path / "init_model" / "merge_info.json").is_file())
 
     def read_labels(self) -> list[str] | None:
         """A classification run's label names in id order (None for generative runs)."""

@@ -65,9 +65,9 @@ def load_run(run_dir: str | Path, *, base: bool = False, trust_remote_code: bool
     overrides the run config's `model.trust_remote_code` (a server given someone else's run passes False)."""
     from tunelab.inference.prompts import prompt_shape
     from tunelab.methods.registry import METHODS
-    from tunelab.models.loading import load_model, load_tokenizer, resolve_model
+    from tunelab.models.loading import load_model, load_tokenizer
     from tunelab.progress import quiet_libraries
-    from tunelab.stages.base import base_model_kwargs
+    from tunelab.stages.base import base_model_kwargs, base_model_path
     from tunelab.stages.registry import STAGES
     from tunelab.training.device import choose_precision
 
@@ -86,7 +86,7 @@ def load_run(run_dir: str | Path, *, base: bool = False, trust_remote_code: bool
         )
     weights = run.path / method.weights_dir
     # whole-model methods saved a complete model; adapters go on top of the (maybe 4-bit) base
-    path = weights if method.saves_whole_model and not base else resolve_model(cfg.model.name).path
+    path = weights if method.saves_whole_model and not base else base_model_path(cfg, run)
     kwargs = base_model_kwargs(stage, method, cfg, choose_precision(cfg.training.precision), tokenizer, labels)
     if trust_remote_code is not None:
         kwargs["trust_remote_code"] = trust_remote_code
@@ -102,8 +102,8 @@ def load_run(run_dir: str | Path, *, base: bool = False, trust_remote_code: bool
 def load_base_for_merge(loaded_cfg: RunConfig, run: RunDir, tokenizer: Any, *, quantized: bool, dtype: Any = None) -> Any:
     """The run's base model for folding weights into: as trained (`quantized`, e.g. 4-bit) or in float."""
     from tunelab.methods.registry import METHODS
-    from tunelab.models.loading import load_model, resolve_model
-    from tunelab.stages.base import base_model_kwargs
+    from tunelab.models.loading import load_model
+    from tunelab.stages.base import base_model_kwargs, base_model_path
     from tunelab.stages.registry import STAGES
     from tunelab.training.device import choose_precision
 
@@ -112,4 +112,4 @@ def load_base_for_merge(loaded_cfg: RunConfig, run: RunDir, tokenizer: Any, *, q
                                run.read_labels(), as_trained=quantized)  # fmt: skip
     if not quantized and dtype is not None:
         kwargs["dtype"] = dtype
-    return load_model(resolve_model(loaded_cfg.model.name).path, stage.model_kind, **kwargs)
+    return load_model(base_model_path(loaded_cfg, run), stage.model_kind, **kwargs)

@@ -32,8 +32,11 @@ class Stage:
     headline_metrics: tuple[str, ...]  # the metrics the CLI table and the report lead with
     options: type[BaseModel] | None = None  # the stage's own config section (`classify:`)
     supports_distributed: bool = True  # may run in several processes (torchrun / accelerate)
-    reference_model: bool = False  # needs a frozen copy of the base next to the trained model (DPO, KTO, PPO)
-    generates_in_loop: bool = False  # samples completions inside the training loop (GRPO, PPO)
+    reference_model: bool = False  # needs the base as a frozen reference next to the trained model (DPO, KTO, GRPO)
+    generates_in_loop: bool = False  # samples completions inside the training loop (GRPO, RLOO)
+    # (RunConfig) -> (why, the config key) for a setting this stage cannot train with, refused when the
+    # config is read; None when it can
+    refuse: Callable[[Any], tuple[str, tuple[str, ...]] | None] | None = None
 
     @property
     def kind(self) -> ModelKind:
@@ -60,6 +63,15 @@ class Context:
     # api: opens a finished run (runs.loading.load_run, which sits above the stages), for a stage that
     # uses another run's model (GRPO against a reward run)
     open_run: Callable[[Any], Any] | None = None
+
+
+def base_model_path(cfg: Any, run: RunDir) -> str:
+    """Where a run's base weights are: its merged starting run (`model.init_from`), else `model.name`."""
+    from tunelab.models.loading import resolve_model
+
+    if cfg.model.init_from:
+        return str(run.init_model)
+    return resolve_model(cfg.model.name).path
 
 
 def base_model_kwargs(stage: Stage, method: Method, cfg: Any, precision: str, tokenizer: Any,

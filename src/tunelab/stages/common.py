@@ -15,10 +15,10 @@ from tunelab.data.splits import Splits, splits_from_config
 from tunelab.errors import TunelabError
 from tunelab.methods.base import save_weights
 from tunelab.models.kinds import is_decoder_classifier
-from tunelab.models.loading import load_tokenizer, resolve_model
+from tunelab.models.loading import load_tokenizer
 from tunelab.progress import info
 from tunelab.runs.layout import checkpoint_problem, checkpoint_step, read_metrics, write_json_atomic
-from tunelab.stages.base import Context, base_model_kwargs
+from tunelab.stages.base import Context, base_model_kwargs, base_model_path
 
 
 def setup(ctx: Context) -> None:
@@ -33,15 +33,26 @@ def setup(ctx: Context) -> None:
         torch.set_num_threads(t.threads)
     set_seed(t.seed)
     random.seed(t.seed)
-    ref = resolve_model(ctx.cfg.model.name)
-    ctx.model_path = ref.path
-    ctx.tokenizer = load_tokenizer(ref.path, trust_remote_code=ctx.cfg.model.trust_remote_code)
+    ctx.model_path = base_model_path(ctx.cfg, ctx.run)
+    ctx.tokenizer = load_tokenizer(ctx.model_path, trust_remote_code=ctx.cfg.model.trust_remote_code)
     ctx.precision = choose_precision(t.precision)
-    ctx.notes.append(f"model {ctx.cfg.model.name} ({ref.path}); precision {ctx.precision}")
+    ctx.notes.append(f"model {ctx.cfg.model.name} ({ctx.model_path}); precision {ctx.precision}")
+    if ctx.cfg.model.init_from:
+        ctx.notes.append(f"started from run {ctx.cfg.model.init_from}: its trained weights, merged into "
+                         f"{ctx.run.init_model.name}/ (the reference model of preference and RL stages too)")  # fmt: skip
     defaults = ctx.cfg.method_defaults_note()
     if defaults:
         ctx.notes.append(defaults)
         info(f"[green]{ctx.cfg.method}[/green] {defaults}")
+
+
+def responses_only(cfg: Any) -> tuple[str, tuple[str, ...]] | None:
+    """A `Stage.refuse` for preference, reward and RL stages: they compare or score responses, so
+    `data.train_on_prompt` would be silently ignored; refuse it instead."""
+    if cfg.data.train_on_prompt:
+        return (f"is set, but a {cfg.task} run compares or scores responses to a prompt and never trains on the "
+                "prompt; remove it", ("data", "train_on_prompt"))  # fmt: skip
+    return None
 
 
 def load_data(ctx: Context) -> Splits:

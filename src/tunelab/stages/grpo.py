@@ -1,12 +1,15 @@
-"""Reinforcement learning with GRPO (TRL's GRPOTrainer): for each prompt the model samples a group of
-answers, a reward scores them, and the model is pushed towards the answers that beat their group's
-mean, with a KL pull (`beta`) towards the base.
+"""Reinforcement learning against a reward, two ways on the same recipe: GRPO (TRL's GRPOTrainer) and
+RLOO (TRL's RLOOTrainer, REINFORCE leave-one-out). For each prompt the model samples a group of
+answers, a reward scores them, and the model is pushed towards the answers that beat the group: GRPO
+compares each answer with its group's mean (divided by the group's spread) and adds a KL penalty
+(`beta`) towards the base to its loss; RLOO compares each answer with the mean of the *other* answers
+of its group and takes the KL (`beta`) off the reward before it does.
 
 The reward is one of: a built-in programmatic reward (`tunelab.rewards`, e.g. `arithmetic`), a finished
 `reward` run's folder (its reward model scores prompt + answer, formatted as it was trained: the
 InstructGPT chain), or your own `module:function` with TRL's signature
 `fn(prompts, completions, **fields) -> list[float]` (the rows' other fields, e.g. `answer`, come as
-lists).
+lists). Both stages take the same options, each in the section named after it (`grpo:`, `rloo:`).
 
 Judged on held-out prompts, base vs tuned, by greedy answers: `mean_reward` (the training reward),
 `gold_score` (the `gold` rule, which training never sees), `kl_to_base` (mean log π − log π_base per
@@ -57,11 +60,11 @@ class RewardRunScorer:
     """A finished `reward` run as a reward function: its model scores the prompt + answer, formatted
     with the reward run's own template."""
 
-    def __init__(self, run_dir: Path, open_run: Any) -> None:
+    def __init__(self, run_dir: Path, open_run: Any, field: str = "grpo.reward") -> None:
         self.loaded = open_run(run_dir)
         if self.loaded.cfg.task != "reward":
             raise TunelabError(f"is a {self.loaded.cfg.task} run, not a reward run", file=str(run_dir),
-                               field="grpo.reward", expected="the folder of a finished `task: reward` run")  # fmt: skip
+                               field=field, expected="the folder of a finished `task: reward` run")  # fmt: skip
         self.__name__ = f"reward-run:{Path(run_dir).name}"
 
     def __call__(self, prompts: list[str], completions: list[Any], raw_prompt: list[str], **_: Any) -> list[float]:
@@ -78,9 +81,11 @@ class RewardRunScorer:
         return sequence_scores(self.loaded.model, tok, ids, batch_size=16)
 
 
-def reward_function(spec: str, base_dir: Path | None, open_run: Any = None) -> Any:
+def reward_function(
+    spec: str, base_dir: Path | None, open_run: Any = None, field: str = "grpo.reward"
+) -> Any:
     """The configured reward: a reward run's folder (relative to the config; opened with `open_run`),
-    else a named function."""
+    else a named function. `field` names the config key in messages (`rloo.reward` for an RLOO run)."""
     from tunelab.rewards import resolve_reward
 
     folder = Path(spec).expanduser()
@@ -88,9 +93,11 @@ def reward_function(spec: str, base_dir: Path | None, open_run: Any = None) -> A
         folder = base_dir / folder
     if folder.is_dir():
         if open_run is None:
-            raise TunelabError("a reward run needs the API to open it", field="grpo.reward", expected="tunelab.train(...)")
-        return RewardRunScorer(folder, open_run)
-    return resolve_reward(spec, field="grpo.reward", folder=base_dir)
+            raise TunelabError(
+                "a reward run needs the API to open it", field=field, expected="tunelab.train(...)"
+            )
+        return RewardRunScorer(folder, open_run, field)
+    return resolve_reward(spec, field=field, folder=base_dir)
 
 
 def score(fn: Any, examples: list, texts: list[str]) -> list[float]:
@@ -103,19 +110,56 @@ def score(fn: Any, examples: list, texts: list[str]) -> list[float]:
 # -- training ------------------------------------------------------------------------------------
 
 
-def grpo_trainer(reward: Any) -> Any:
-    """A build_trainer for `fit`: TRL's GRPOTrainer with the reward, on prompt rows."""
+def rl_trainer(library: type, reward: Any) -> Any:
+    """A build_trainer for `fit`: TRL's `library` trainer (GRPOTrainer, RLOOTrainer) with the reward, on
+    prompt rows."""
 
     def build(**kwargs: Any) -> Any:
         from datasets import Dataset
-        from trl import GRPOTrainer
 
-        kwargs.pop("data_collator")  # GRPO batches its own prompts and sampled answers
+        kwargs.pop("data_collator")  # the trainer batches its own prompts and sampled answers
         kwargs["train_dataset"] = Dataset.from_list(kwargs["train_dataset"])
         kwargs.pop("eval_dataset", None)
-        return GRPOTrainer(reward_funcs=[reward], **kwargs)
+        return resumable(library)(reward_funcs=[reward], **kwargs)
 
     return build
+
+
+def resumable(library: type) -> type:
+    """`library` (a TRL RL trainer) whose prompt order depends on the epoch alone, so that a run resumed
+    from a checkpoint samples what an uninterrupted one does.
+
+    TRL's RepeatSampler shuffles each epoch with a generator seeded once and advanced by each pass,
+    so a run resumed in epoch e >= 1 (a fresh process, a fresh generator) would replay epoch 0's
+    order. Here `set_epoch(e)`, which the Trainer calls as each epoch starts, rewinds the generator to
+    where an uninterrupted run has it after e epochs. (The sampled answers need nothing: they come
+    from the global RNG, which the Trainer checkpoints and restores.)"""
+    import torch
+    from trl.trainer.utils import RepeatSampler
+
+    class EpochRepeatSampler(RepeatSampler):
+        def set_epoch(self, epoch: int) -> None:
+            if self.shuffle and self.seed is not None:
+                self.generator.manual_seed(self.seed)
+                for _ in range(epoch):
+                    torch.randperm(self.num_samples, generator=self.generator)
+
+    class Resumable(library):
+        def _get_train_sampler(self, dataset: Any = None) -> Any:
+            sampler = super()._get_train_sampler(dataset)
+            if type(sampler) is RepeatSampler:
+                sampler.__class__ = EpochRepeatSampler  # the same sampler, with set_epoch
+            return sampler
+
+    Resumable.__name__ = Resumable.__qualname__ = library.__name__
+    return Resumable
+
+
+def _trainer_classes(task: str) -> tuple[type, type]:
+    """TRL's trainer and config classes of the task."""
+    import trl
+
+    return (trl.RLOOTrainer, trl.RLOOConfig) if task == "rloo" else (trl.GRPOTrainer, trl.GRPOConfig)
 
 
 def prompt_rows(fmt: PromptFormat, tokenizer: Any, examples: list) -> list[dict[str, Any]]:
@@ -125,22 +169,23 @@ def prompt_rows(fmt: PromptFormat, tokenizer: Any, examples: list) -> list[dict[
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    from trl import GRPOConfig
-
     cfg = ctx.cfg
+    task = cfg.task
     options = cfg.task_options()
     if not options.reward:
-        raise TunelabError("a grpo run needs a reward", field="grpo.reward",
-                           expected=f"grpo: {{reward: NAME}}: a built-in ({', '.join(REWARDS)}), a reward run's folder, "
-                           "or module:function")  # fmt: skip
+        raise TunelabError(f"a {task} run needs a reward", field=f"{task}.reward",
+                           expected=f"{task}: {{reward: NAME}}: a built-in ({', '.join(REWARDS)}), a reward run's "
+                           "folder, or module:function")  # fmt: skip
+    trainer_class, args_class = _trainer_classes(task)
     common.setup(ctx)
     splits = common.load_data(ctx)
-    reward = reward_function(options.reward, cfg._source_dir, ctx.open_run)
+    reward = reward_function(options.reward, cfg._source_dir, ctx.open_run, field=f"{task}.reward")
     gold = None
     if options.gold:
         from tunelab.rewards import resolve_reward
 
-        gold = resolve_reward(options.gold, field="grpo.gold", folder=cfg._source_dir)
+        gold = resolve_reward(options.gold, field=f"{task}.gold", folder=cfg._source_dir)
+    _check_columns(splits, reward, gold, task)
     fmt = PromptFormat.build(ctx.tokenizer, shape=splits.shape, template=cfg.data.template,
                              system_prompt=cfg.data.system_prompt)  # fmt: skip
     train_rows = prompt_rows(fmt, ctx.tokenizer, splits.train)
@@ -154,16 +199,11 @@ def run(ctx: Context) -> dict[str, Any]:
         base_said = answers(model, ctx, fmt, test, "base")
         base_scores = _scores(reward, gold, test, base_said["texts"])
         write_json_atomic(ctx.run.base_eval_json, {"answers": base_said["texts"], **base_scores})
-    t = cfg.training
-    if (t.batch_size * t.grad_accum) % options.num_generations:
-        raise TunelabError(f"batch_size × grad_accum ({t.batch_size * t.grad_accum}) is not a multiple of "
-                           f"num_generations ({options.num_generations})", field="training.batch_size",
-                           expected="each batch to hold whole groups of answers")  # fmt: skip
     extra = {"num_generations": options.num_generations, "max_completion_length": options.max_completion_length,
              "temperature": options.temperature, "beta": options.beta, "disable_dropout": False,
              "log_completions": False}  # fmt: skip
-    trained = common.train_and_save(ctx, model, train_rows, [], fmt, build_trainer=grpo_trainer(reward),
-                                    args_class=GRPOConfig, extra_args=extra)  # fmt: skip
+    trained = common.train_and_save(ctx, model, train_rows, [], fmt, build_trainer=rl_trainer(trainer_class, reward),
+                                    args_class=args_class, extra_args=extra)  # fmt: skip
     model = trained["model"]
     base = tuned = None
     paired = None
@@ -242,6 +282,33 @@ def _predictions(examples: list, base: dict | None, base_scores: dict | None, tu
     return rows
 
 
-STAGE = Stage(name="grpo", summary="RL with GRPO against a reward: built-in, a reward run, or your function (TRL)",
-              run=run, model_kind="policy_lm", shapes=("prompt",), loss="grpo", headline_metrics=HEADLINE,
-              options=GRPOOptions, reference_model=True, generates_in_loop=True)  # fmt: skip
+def _check_columns(splits: Any, reward: Any, gold: Any, task: str) -> None:
+    """The reward and the gold rule get the rows' other columns (and `raw_prompt`): refuse one that needs
+    a column the rows lack, before the model loads."""
+    from tunelab.rewards import check_fields
+
+    columns = ["raw_prompt", *(splits.train[0].meta if splits.train else {})]
+    for fn, key in ((reward, "reward"), (gold, "gold")):
+        if fn is not None:
+            check_fields(fn, columns, field=f"{task}.{key}", source=splits.source)
+
+
+def refuse(cfg: Any) -> tuple[str, tuple[str, ...]] | None:
+    """Both trainers sample one generation batch (batch_size × grad_accum rows) per optimizer step, and
+    both insist that it hold whole groups (GRPOConfig, RLOOConfig: generation_batch_size % num_generations)."""
+    t, groups = cfg.training, cfg.task_options().num_generations
+    if (t.batch_size * t.grad_accum) % groups:
+        return (f"batch_size × grad_accum ({t.batch_size * t.grad_accum}) is not a multiple of {cfg.task}."
+                f"num_generations ({groups}): each batch must hold whole groups of answers; set training.batch_size "
+                f"to a multiple of {groups}", ("training", "batch_size"))  # fmt: skip
+    return common.responses_only(cfg)
+
+
+def _stage(name: str, summary: str) -> Stage:
+    return Stage(name=name, summary=summary, run=run, model_kind="policy_lm", shapes=("prompt",), loss=name,
+                 headline_metrics=HEADLINE, options=GRPOOptions, reference_model=True, generates_in_loop=True,
+                 refuse=refuse)  # fmt: skip
+
+
+STAGE = _stage("grpo", "RL with GRPO against a reward: built-in, a reward run, or your function (TRL)")
+RLOO = _stage("rloo", "RL with RLOO (REINFORCE leave-one-out) against the same rewards as grpo (TRL)")

@@ -15,6 +15,9 @@ for stage in (
     reward.STAGE,
     preference.DPO,
     preference.KTO,
+    preference.ORPO,
+    preference.SIMPO,
     grpo.STAGE,
+    grpo.RLOO,
 ):
     STAGES[stage.name] = stage

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunelab.data.shapes import rejected_example
+from tunelab.data.shapes import PREFERENCE_SHAPES, rejected_example
 from tunelab.data.templates import PromptFormat
 from tunelab.evaluation.bootstrap import mean_metric
 from tunelab.inference.prompts import display_input
@@ -109,5 +109,5 @@ def _predictions(examples: list, base: Any, tuned: Any) -> list[Prediction]:
 
 
 STAGE = Stage(name="reward", summary="a reward model on preference pairs (Bradley-Terry, TRL RewardTrainer)",
-              run=run, model_kind="reward", shapes=("preference",), loss="bradley_terry",
-              headline_metrics=("pairwise_accuracy", "mean_margin"))  # fmt: skip
+              run=run, model_kind="reward", shapes=PREFERENCE_SHAPES, loss="bradley_terry",
+              headline_metrics=("pairwise_accuracy", "mean_margin"), refuse=common.responses_only)  # fmt: skip

@@ -74,8 +74,13 @@ LOSSES: dict[str, Loss] = {
         # preference losses on the policy itself, with the base as the reference
         Loss("dpo", None, per_batch_mean=True, trainer="trl.DPOTrainer"),
         Loss("kto", None, per_batch_mean=True, trainer="trl.KTOTrainer"),
+        # reference-free: an SFT loss on chosen plus an odds-ratio term (ORPO); a length-normalised margin (SimPO)
+        Loss("orpo", None, per_batch_mean=True, trainer="trl.experimental.orpo.ORPOTrainer"),
+        Loss("simpo", None, per_batch_mean=True, trainer="trl.experimental.cpo.CPOTrainer"),
         # policy gradient on sampled answers, advantages relative to their group
         Loss("grpo", None, per_batch_mean=True, trainer="trl.GRPOTrainer", shows_learning=False),
+        # the same, advantages relative to the mean of the other answers of the group (leave-one-out)
+        Loss("rloo", None, per_batch_mean=True, trainer="trl.RLOOTrainer", shows_learning=False),
     )
 }
 
