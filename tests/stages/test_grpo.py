@@ -53,6 +53,10 @@ def test_grpo_with_a_builtin_reward_trains_and_judges(tmp_path, tiny_model, task
         refs = [p["reference"] for p in preds]
         assert metrics["mean_reward"] == pytest.approx(sum(arithmetic([""] * len(refs), answers, answer=refs)) / len(refs))
         assert metrics["gold_score"] == pytest.approx(100 * sum(exact_answer([], answers, answer=refs)) / len(refs))
+    # the win rate against the base: prompt by prompt, by the gold rule, counted by hand (a tie is half)
+    pairs = [(p["stats"]["base"]["gold"], p["stats"]["tuned"]["gold"]) for p in preds]
+    by_hand = 100 * (sum(t > b for b, t in pairs) + 0.5 * sum(t == b for b, t in pairs)) / len(pairs)
+    assert tuned["win_rate_vs_base"] == pytest.approx(by_hand) and base["win_rate_vs_base"] == 50.0
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("reward" in r for r in rows) and (result.run_dir / "signals.png").is_file()
     assert not any("train loss" in w for w in ev["warnings"])  # GRPO's (RLOO's) loss is no learning signal

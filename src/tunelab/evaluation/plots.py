@@ -119,6 +119,8 @@ SIGNALS = (
     ("Reward margin (chosen − rejected)", ("rewards/margins",)),
     ("Preference accuracy", ("rewards/accuracies",)),
     ("KL to the reference", ("kl",)),
+    ("Log odds ratio, chosen vs rejected (ORPO)", ("log_odds_ratio",)),
+    ("SFT loss on chosen (ORPO, CPO-SimPO)", ("nll_loss",)),
     ("Answer length (tokens)", ("completions/mean_length",)),
 )
 

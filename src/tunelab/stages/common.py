@@ -347,12 +347,19 @@ def write_results(ctx: Context, trained: dict[str, Any], *, base: Any, tuned: An
 def learning_check(ctx: Context, base: Any, tuned: Any, paired: tuple[Any, list, list] | None) -> dict | None:
     """Tuned − base on the first headline metric with its 95% paired bootstrap interval, and whether
     the tuned model is better beyond doubt (the interval excludes zero on the right side)."""
-    from tunelab.evaluation.bootstrap import paired_bootstrap
-    from tunelab.evaluation.metrics import LOWER_IS_BETTER
-
     if paired is None or not base or not tuned:
         return None
     spec, base_stats, tuned_stats = paired
+    return interval_check(spec, base_stats, tuned_stats)
+
+
+def interval_check(metric: Any, base_stats: list, tuned_stats: list) -> dict[str, Any]:
+    """Tuned − base of a metric (a MetricSpec, or the name of a per-row mean) over paired per-row
+    statistics, with its 95% paired bootstrap interval; `better`: beyond doubt, in the metric's direction."""
+    from tunelab.evaluation.bootstrap import mean_metric, paired_bootstrap
+    from tunelab.evaluation.metrics import LOWER_IS_BETTER
+
+    spec = mean_metric(metric) if isinstance(metric, str) else metric
     r = paired_bootstrap(spec, base_stats, tuned_stats)
     lower = spec.name in LOWER_IS_BETTER
     return {"metric": spec.name, "base": r["a"], "tuned": r["b"], "delta": r["delta"], "low": r["low"],

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tunelab.data.shapes import Example
 from tunelab.data.templates import PromptFormat
 from tunelab.errors import TunelabError
-from tunelab.evaluation.bootstrap import mean_metric, paired_bootstrap
+from tunelab.evaluation.bootstrap import mean_metric
 from tunelab.inference.prompts import display_input
 from tunelab.progress import info
 from tunelab.rewards import REWARDS
@@ -35,9 +35,9 @@ from tunelab.runs.artifacts import BASE, TUNED, Prediction, write_predictions
 from tunelab.runs.layout import write_json_atomic
 from tunelab.stages import common
 from tunelab.stages.base import Context, Stage
-from tunelab.stages.preference import answers, kl_to_base
+from tunelab.stages.policy_judging import answers, kl_to_base, win_rate
 
-HEADLINE = ("gold_score", "mean_reward", "kl_to_base", "mean_output_tokens")
+HEADLINE = ("gold_score", "mean_reward", "win_rate_vs_base", "kl_to_base", "mean_output_tokens")
 KL_RUNAWAY = 1.0  # nats per token: far beyond what a well-regularised run drifts
 LENGTH_RUNAWAY = 2.0  # answers this many times longer than the base's
 
@@ -216,11 +216,13 @@ def run(ctx: Context) -> dict[str, Any]:
         if base_scores is not None:
             base = {**_metrics(base_scores, base_said), "kl_to_base": 0.0}
             key = "gold" if gold is not None else "reward"
+            tuned["win_rate_vs_base"] = win_rate(base_scores[key], scores[key])["win_rate"]
+            base["win_rate_vs_base"] = 50.0  # against itself: every prompt a tie
             paired = (mean_metric(f"{key}_score" if key == "gold" else "mean_reward"), base_scores[key], scores[key])
         write_predictions(ctx.run.predictions, _predictions(test, base_said, base_scores, said, scores))
     results = common.write_results(ctx, trained, base=base, tuned=tuned, n_test=len(test), paired=paired)
     if base is not None and tuned is not None:
-        results["reward_check"] = _check(base_scores["reward"], scores["reward"], "mean_reward")
+        results["reward_check"] = common.interval_check("mean_reward", base_scores["reward"], scores["reward"])
         hacking = reward_hacking(base, tuned, results["reward_check"], results.get("learning_check") if gold else None)
         results["reward_hacking"] = hacking
         for reason in hacking:
@@ -244,12 +246,6 @@ def _metrics(scores: dict[str, list[float]], said: dict[str, Any]) -> dict[str, 
     if "gold" in scores:
         metrics["gold_score"] = sum(scores["gold"]) / max(n, 1)
     return metrics
-
-
-def _check(base: list[float], tuned: list[float], name: str) -> dict[str, Any]:
-    r = paired_bootstrap(mean_metric(name), base, tuned)
-    return {"metric": name, "base": r["a"], "tuned": r["b"], "delta": r["delta"], "low": r["low"], "high": r["high"],
-            "better": bool(r["low"] > 0), "n": len(base)}  # fmt: skip
 
 
 def reward_hacking(base: dict[str, Any], tuned: dict[str, Any], reward: dict[str, Any], gold: dict[str, Any] | None) -> list[str]:

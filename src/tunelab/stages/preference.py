@@ -34,15 +34,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tunelab.data.shapes import PREFERENCE_SHAPES, rejected_example
 from tunelab.data.templates import IGNORE_INDEX, PromptFormat
-from tunelab.evaluation.bootstrap import mean_metric, paired_bootstrap
+from tunelab.evaluation.bootstrap import mean_metric
 from tunelab.inference.prompts import display_input
 from tunelab.progress import info
 from tunelab.runs.artifacts import BASE, TUNED, Prediction, write_predictions
 from tunelab.runs.layout import write_json_atomic
 from tunelab.stages import common
 from tunelab.stages.base import Context, Stage
+from tunelab.stages.policy_judging import answers, gold_rule, gold_scores, kl_to_base, mean_tokens, win_rate
 
-HEADLINE = ("preference_accuracy", "gold_score", "likelihood_accuracy", "logp_margin", "kl_to_base")
+HEADLINE = ("preference_accuracy", "gold_score", "win_rate_vs_base", "likelihood_accuracy", "logp_margin", "kl_to_base")
 FEEDBACK_HEADLINE = ("feedback_accuracy", "reward_gap")  # KTO on unpaired rows: in place of the pair metrics
 DPO_LOSSES = ("sigmoid", "sigmoid_norm", "ipo", "hinge", "robust", "bco_pair", "exo_pair", "nca_pair", "aot",
               "apo_zero", "apo_down", "sppo_hard", "discopop")  # fmt: skip
@@ -171,47 +172,6 @@ def completion_logps(model: Any, ctx: Context, rows: list[dict[str, Any]], label
     return {"logp": [-v for v, _ in scored], "tokens": [t for _, t in scored], "label": [r["label"] for r in rows]}
 
 
-def answers(model: Any, ctx: Context, fmt: PromptFormat, examples: list, label: str) -> dict[str, Any]:
-    """Greedy answers to the held-out prompts, with their token ids (for the KL)."""
-    from tunelab.inference.decoding import SamplingOptions, Sequence, decode
-
-    ev = ctx.cfg.evaluation
-    prompts = [fmt.prompt_ids(ex, ctx.tokenizer) for ex in examples]
-    rows = [Sequence(list(p), SamplingOptions(max_new_tokens=ev.max_new_tokens)) for p in prompts]
-    decode(model, ctx.tokenizer, rows, batch_size=ev.batch_size, description=f"answer {label}", show_progress=True)
-    return {"prompts": prompts, "texts": [r.text.strip() for r in rows], "ids": [list(r.token_ids) for r in rows]}
-
-
-def gold_rule(ctx: Context, examples: list) -> Any:
-    """The stage's gold rule (None without one), checked against the rows' columns."""
-    from tunelab.rewards import check_fields, resolve_reward
-
-    options = ctx.cfg.task_options()
-    if options is None or not options.gold:
-        return None
-    where = f"{ctx.cfg.task}.gold"
-    fn = resolve_reward(options.gold, field=where, folder=ctx.cfg._source_dir)
-    check_fields(fn, _row_fields(examples), field=where, source=ctx.splits.source if ctx.splits else None)
-    return fn
-
-
-def gold_scores(fn: Any, examples: list, texts: list[str]) -> list[float] | None:
-    """A gold rule on answers to `examples` (None without one)."""
-    if fn is None:
-        return None
-    fields = {k: [ex.meta.get(k, ex.fields.get(k)) for ex in examples] for k in _row_fields(examples)}
-    prompts = [display_input(ex) for ex in examples]
-    return [float(v) for v in fn(prompts=prompts, completions=texts, **fields)]
-
-
-def _row_fields(examples: list) -> list[str]:
-    keys: dict[str, None] = {}
-    for ex in examples[:1]:
-        keys.update(dict.fromkeys(ex.meta))
-        keys.update(dict.fromkeys(k for k in ex.fields if k not in ("prompt", "chosen", "rejected", "completion", "label")))
-    return list(keys)
-
-
 def judge(logps: dict[str, list[float]], base: dict[str, list[float]] | None, gold: list[float] | None,
           n_answers: int, answer_tokens: float | None) -> dict[str, Any]:  # fmt: skip
     """The metrics of one model from its pair log-probabilities (and the base's: the reference)."""
@@ -268,26 +228,6 @@ def implicit_reward_wins(logps: dict[str, list[float]], base: dict[str, list[flo
         m = (c - rc) - (r - rr)
         out.append(100.0 if m > 0 else 50.0 if m == 0 else 0.0)
     return out
-
-
-def kl_to_base(model: Any, ctx: Context, said: dict[str, Any]) -> float | None:
-    """Mean log π(y|x) − log π_base(y|x) per token over the tuned model's own greedy answers y."""
-    from tunelab.inference.scoring import sequence_nll
-
-    rows = [{"input_ids": p + ids, "labels": [IGNORE_INDEX] * len(p) + ids} for p, ids in zip(said["prompts"], said["ids"], strict=True) if ids]
-    if not rows:
-        return None
-    kw = {"batch_size": ctx.cfg.evaluation.batch_size}
-    tuned = sequence_nll(model, ctx.tokenizer, rows, description="KL: tuned", **kw)
-    if hasattr(model, "disable_adapter"):
-        with model.disable_adapter():
-            base = sequence_nll(model, ctx.tokenizer, rows, description="KL: base", **kw)
-    else:
-        reference = common.load_base_model(ctx)
-        base = sequence_nll(reference, ctx.tokenizer, rows, description="KL: base", **kw)
-        del reference
-    tokens = sum(t for _, t in tuned)
-    return sum(b - t for (t, _), (b, _) in zip(tuned, base, strict=True)) / max(tokens, 1)
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -420,15 +360,18 @@ def run(ctx: Context) -> dict[str, Any]:
         tuned_logps = logps_of(model, ctx, test_rows, "tuned")
         said = answers(model, ctx, fmt, test, "tuned")
         gold = gold_scores(gold_fn, test, said["texts"])
-        tuned = judge_of(tuned_logps, base_logps, gold, len(test), _mean_tokens(said))
+        tuned = judge_of(tuned_logps, base_logps, gold, len(test), mean_tokens(said))
         kl = kl_to_base(model, ctx, said)
         if kl is not None:
             tuned["kl_to_base"] = round(kl, 4)
         if base_logps is not None and ev.compare_base:
-            base = judge_of(base_logps, None, base_gold, len(test), _mean_tokens(base_said))
+            base = judge_of(base_logps, None, base_gold, len(test), mean_tokens(base_said))
             base["kl_to_base"] = 0.0
             if gold is not None and base_gold is not None:
-                checks["gold_check"] = _gold_check(base_gold, gold)
+                checks["win_rate"] = win_rate(base_gold, gold)
+                tuned["win_rate_vs_base"] = checks["win_rate"]["win_rate"]
+                base["win_rate_vs_base"] = 50.0  # against itself: every prompt a tie
+                checks["gold_check"] = common.interval_check("gold_score", [100.0 * v for v in base_gold], [100.0 * v for v in gold])
         write_predictions(ctx.run.predictions, _predictions(test, base_said, said, base_gold, gold))
     paired = None
     if base is not None and tuned is not None:
@@ -447,18 +390,6 @@ def run(ctx: Context) -> dict[str, Any]:
                                        f"{gc['base']:.1f}; 95% interval [{gc['low']:+.1f}, {gc['high']:+.1f}])")  # fmt: skip
         write_json_atomic(ctx.run.eval_json, results)
     return results
-
-
-def _mean_tokens(said: dict[str, Any] | None) -> float | None:
-    if not said or not said["ids"]:
-        return None
-    return sum(len(i) for i in said["ids"]) / len(said["ids"])
-
-
-def _gold_check(base: list[float], tuned: list[float]) -> dict[str, Any]:
-    r = paired_bootstrap(mean_metric("gold_score"), [100.0 * v for v in base], [100.0 * v for v in tuned])
-    return {"metric": "gold_score", "base": r["a"], "tuned": r["b"], "delta": r["delta"], "low": r["low"],
-            "high": r["high"], "better": bool(r["low"] > 0), "n": len(base)}  # fmt: skip
 
 
 def _predictions(examples: list, base: dict | None, tuned: dict, base_gold: list | None, gold: list | None) -> list[Prediction]:
