@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["train", "resume", "generate", "predict", "load_run", "models", "load_config", "TunelabError"]
+__all__ = ["train", "resume", "generate", "predict", "load_run", "models", "plan", "load_config", "TunelabError"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("train", "resume", "generate", "predict", "load_run", "models"):
+    if name in ("train", "resume", "generate", "predict", "load_run", "models", "plan"):
         from tunelab import api
 
         return getattr(api, name)

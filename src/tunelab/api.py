@@ -201,6 +201,14 @@ def predict(run: str | Path | LoadedRun, texts: str | list[str], *, batch_size: 
     return out[0] if single else out
 
 
+def plan(config: RunConfig | str | Path | dict, **options: Any) -> Any:
+    """What a config needs in memory, compute and time, from the model's config.json alone (no weights):
+    a `tunelab.planning.Plan` (`rows()`, `to_dict()`); options as `tunelab.planning.plan` takes them."""
+    from tunelab.planning import plan as make_plan
+
+    return make_plan(config, **options)
+
+
 def models() -> list[dict[str, Any]]:
     from tunelab.models.loading import list_models
 

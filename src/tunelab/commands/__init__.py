@@ -10,7 +10,7 @@ import importlib
 
 import typer
 
-COMMAND_MODULES: tuple[str, ...] = ("data", "evaluate", "use")
+COMMAND_MODULES: tuple[str, ...] = ("data", "evaluate", "use", "plan")
 
 
 def register_all(app: typer.Typer) -> None:

@@ -1,0 +1,125 @@
+"""The planner's peak-memory estimate against a measured peak: SmolLM2-135M-Instruct on this machine.
+
+For each method (LoRA, full, QLoRA) × batch (2, 8) × max_length (64, 256), `tunelab plan CONFIG
+--measure --json` runs in its own process, one after another (a process's peak RSS is its own and
+nothing else runs beside it): the estimate, then a few real training steps of tunelab's training path
+on rows of exactly max_length tokens (the estimate's worst case). On CPU the figure compared is the
+growth of the process's resident set over its size just before the model loaded — the estimate's
+allocated peak, framework overhead excluded — and the absolute peak RSS beside the estimate with its
+overhead; on CUDA it is torch.cuda.max_memory_allocated.
+
+`--malloc` also runs each case with glibc's mmap threshold fixed at 64 KiB (MALLOC_MMAP_THRESHOLD_),
+which hands freed tensors back to the system at once: the RSS then follows the live tensors, the
+quantity the estimate models; the default allocator keeps freed medium-sized tensors in its heap.
+
+    .venv/bin/python benchmarks/plan_memory.py                      # 12 cases, a markdown table at the end
+    .venv/bin/python benchmarks/plan_memory.py --methods lora --batches 8 --lengths 256 --malloc both
+    .venv/bin/python benchmarks/plan_memory.py --json benchmarks/results/plan_memory.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MODEL = "smollm2-135m-instruct"
+GIB = 2**30
+MALLOC_FIXED = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def write_config(directory: Path, method: str, batch: int, length: int) -> Path:
+    path = directory / f"{method}-{batch}-{length}.yaml"
+    path.write_text(
+        f"name: plan-memory\noutput_dir: {directory / 'runs'}\nmodel: {MODEL}\nmethod: {method}\n"
+        f"data:\n  train: builtin:chatterbot\n  max_length: {length}\n"
+        f"training:\n  batch_size: {batch}\n  grad_accum: 1\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def run_case(config: Path, steps: int, malloc: str, timeout: int) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TUNELAB_QUIET": "1", **(MALLOC_FIXED if malloc == "fixed" else {})}
+    cmd = [sys.executable, "-m", "tunelab.cli", "plan", str(config), "--measure", "--steps", str(steps), "--json"]
+    start = time.time()
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if res.returncode != 0:
+        return {"error": (res.stderr.strip().splitlines() or ["failed"])[-1], "seconds": round(time.time() - start, 1)}
+    data = json.loads(res.stdout)
+    memory, measured = data["memory"], data["measured"]
+    estimate = memory["peak_allocated_bytes"]
+    compared = measured["growth_bytes"] if measured["device"] == "cpu" else measured["peak_bytes"]
+    return {
+        "device": measured["device"],
+        "precision": data["workload"]["precision"],
+        "estimate_bytes": estimate,
+        "estimate_with_overhead_bytes": memory["peak_bytes"],
+        "measured_bytes": compared,
+        "measured_peak_bytes": measured["peak_bytes"],
+        "baseline_bytes": measured["baseline_bytes"],
+        "error_pct": round(100 * (estimate - compared) / compared, 1) if compared > 0 else None,
+        "peak_phase": memory["peak_phase"],
+        "terms": {t["label"]: t["bytes"] for t in memory["terms"]},
+        "seconds": round(time.time() - start, 1),
+    }
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| method | batch | max_length | malloc | precision | estimate (GiB) | measured (GiB) | error | "
+        "estimate + overhead (GiB) | peak RSS / allocated (GiB) |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['method']} | {r['batch']} | {r['length']} | {r['malloc']} | — | — | — | "
+                         f"{r['error']} | — | — |")  # fmt: skip
+            continue
+        lines.append(
+            f"| {r['method']} | {r['batch']} | {r['length']} | {r['malloc']} | {r['precision']} | "
+            f"{r['estimate_bytes'] / GIB:.3f} | {r['measured_bytes'] / GIB:.3f} | {r['error_pct']:+.1f}% | "
+            f"{r['estimate_with_overhead_bytes'] / GIB:.3f} | {r['measured_peak_bytes'] / GIB:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=["lora", "full", "qlora"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[2, 8])
+    parser.add_argument("--lengths", nargs="+", type=int, default=[64, 256])
+    parser.add_argument("--steps", type=int, default=3, help="optimizer steps each measurement trains")
+    parser.add_argument("--malloc", choices=["default", "fixed", "both"], default="default",
+                        help="glibc's default allocator, a fixed 64 KiB mmap threshold, or both")  # fmt: skip
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per case")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+    mallocs = ["default", "fixed"] if args.malloc == "both" else [args.malloc]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="plan-memory-") as tmp:
+        for method in args.methods:
+            for batch in args.batches:
+                for length in args.lengths:
+                    config = write_config(Path(tmp), method, batch, length)
+                    for malloc in mallocs:
+                        r = {"method": method, "batch": batch, "length": length, "malloc": malloc,
+                             **run_case(config, args.steps, malloc, args.timeout)}  # fmt: skip
+                        results.append(r)
+                        shown = r.get("error") or f"estimate {r['estimate_bytes'] / GIB:.3f} GiB, measured " \
+                            f"{r['measured_bytes'] / GIB:.3f} GiB ({r['error_pct']:+.1f}%)"
+                        print(f"{method} batch {batch} × {length} ({malloc} malloc): {shown} [{r['seconds']} s]",
+                              file=sys.stderr, flush=True)  # fmt: skip
+    print(table(results))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
