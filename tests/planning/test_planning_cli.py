@@ -79,3 +79,24 @@ def test_measure_trains_a_few_steps_beside_the_estimate(tmp_path, tiny_model, ca
     measured = json.loads(out)["measured"]
     assert measured["steps"] == 2 and measured["peak_bytes"] > 0 and measured["tokens"] == 2 * 4 * 64
     assert not (tmp_path / "runs").exists()  # nothing is written for a measurement
+
+
+def test_a_4bit_load_on_cpu_counts_the_checkpoint_pages_left_mapped(tmp_path, tiny_model, capsys):
+    """QLoRA on CPU quantizes from the memory-mapped checkpoint, whose pages stay in the RSS: a term sized
+    from the safetensors files on disk (quantized parameters × bytes per parameter), absent for LoRA."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.planning import plan
+
+    size = sum(f.stat().st_size for f in Path(tiny_model).glob("*.safetensors"))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    params = sum(p.numel() for p in model.parameters())
+    # what bitsandbytes quantizes: the blocks' linear layers (the head stays in float)
+    linear = sum(m.weight.numel() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n)
+    got = {}
+    for method in ("qlora", "lora"):
+        result = plan(write_config(tmp_path, tiny_model, method), device="cpu").to_dict()
+        got[method] = {t["label"]: t["bytes"] for t in result["memory"]["terms"]}
+    assert got["qlora"]["checkpoint pages still mapped (CPU, 4-bit load)"] == pytest.approx(linear * size / params)
+    assert not any("mapped" in k for k in got["lora"])

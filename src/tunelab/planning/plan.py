@@ -158,6 +158,16 @@ def _num(x: float) -> str:
 # -- reading the config -----------------------------------------------------------------------------
 
 
+def checkpoint_bytes_per_param(files: Any, arch: Architecture) -> float:
+    """Bytes per parameter of the model's safetensors files on disk (their size, not their content;
+    0 when there are none here, e.g. a folder with only config.json)."""
+    directory = getattr(files, "directory", None)
+    if directory is None or not arch.total_params:
+        return 0.0
+    size = sum(f.stat().st_size for f in Path(directory).glob("*.safetensors"))
+    return size / arch.total_params
+
+
 def model_files_for(name: str) -> Any:
     """The model's config.json: `models.loading.model_files`, or for a hub id that cannot be reached its
     config.json in the Hugging Face cache."""
@@ -285,6 +295,7 @@ def plan(config: Any, *, overrides: list[str] | None = None, batch_size: int | N
                      + ("; the reference is the base with the adapter switched off (no extra weights)"
                         if cfg.method not in ("full", "freeze") else "; its weights, a copy of the base, in memory"))
     extras = _method_extras(cfg.method, options)
+    extras["checkpoint_bytes_per_param"] = checkpoint_bytes_per_param(files, arch)
     memory = training_memory(arch, tr, w, **extras)
     flops = training_flops(arch, tr, w)
     notes += memory.notes + flops.notes
