@@ -188,3 +188,24 @@ def sentiment_file(tmp_path: Path) -> Path:
     path = tmp_path / "reviews.jsonl"
     path.write_text("\n".join(json.dumps({"text": t, "label": y}) for t, y in sentiment_rows()) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture()
+def train_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """`tunelab train` of a config (a dict, written as JSON) that must be refused before any model
+    loads: returns (exit code, stderr)."""
+    import json
+
+    import tunelab.models.loading as loading
+    from tunelab.cli import main
+
+    def run(cfg: dict, name: str = "run.json") -> tuple[int, str]:
+        path = tmp_path / name
+        path.write_text(json.dumps(cfg))
+        monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            main(["train", str(path)])
+        return exit_.value.code, capsys.readouterr().err
+
+    return run

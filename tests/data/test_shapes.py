@@ -269,3 +269,9 @@ def test_bad_conversational_preference_rows_name_line_and_field(case):
     with pytest.raises(TunelabError) as err:
         to_example(row, detect_shape(row, file="d.jsonl", line=4), file="d.jsonl", line=4)
     assert (err.value.file, err.value.line, err.value.field) == ("d.jsonl", 4, field)
+
+
+def test_a_dialogue_pair_that_differs_early_is_one_problem_not_two():
+    row = {"chosen": "\n\nHuman: Q\n\nAssistant: A", "rejected": "\n\nHuman: P\n\nAssistant: B"}
+    example, errors = row_problems(row, "preference_dialogue", file="d.jsonl", line=2)
+    assert example is None and [e.field for e in errors] == ["chosen"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 
 import pytest
 import torch
@@ -98,9 +97,7 @@ REFUSED = {
 
 
 @pytest.mark.parametrize("case", list(REFUSED))
-def test_pairings_that_cannot_work_are_refused_before_loading(sft_run, tiny_model, tmp_path, case, capsys, monkeypatch):
-    from tunelab.cli import main
-
+def test_pairings_that_cannot_work_are_refused_before_loading(sft_run, tiny_model, case, train_refused):
     source, task, message = REFUSED[case]
     runs = sft_run.run_dir.parent
     init = runs / source
@@ -117,15 +114,7 @@ def test_pairings_that_cannot_work_are_refused_before_loading(sft_run, tiny_mode
     cfg["model"]["init_from"] = str(init)
     if case == "another base":
         cfg["model"]["name"] = "smollm2-135m-instruct"
-    path = tmp_path / "chain.json"
-    path.write_text(json.dumps(cfg))
-    import tunelab.models.loading as loading
-
-    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
-    monkeypatch.setattr(sys, "argv", ["tunelab", "train", str(path)])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and "Traceback" not in err
+    code, err = train_refused(cfg, "chain.json")
+    assert code == 2 and "Traceback" not in err
     assert message in err and ("model.init_from" in err or "model.name" in err), err
     assert not (runs / f"refused-{task}").exists()

@@ -6,7 +6,6 @@ pairs caught with their file and line before any model is loaded."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
@@ -104,24 +103,14 @@ BAD_PAIRS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_PAIRS))
-def test_bad_pairs_name_file_line_and_field(tmp_path, tiny_model, case, capsys, monkeypatch):
-    from tunelab.cli import main
-
+def test_bad_pairs_name_file_line_and_field(tmp_path, tiny_model, case, train_refused):
     row, field = BAD_PAIRS[case]
     good = {"prompt": "What is 1 plus 1?", "chosen": "2", "rejected": "3"}
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in [good, good | {"prompt": "x"}, row]))
     cfg = config(tmp_path, tiny_model, "dpo", "lora") | {"data": {"train": str(data), "shape": "preference"}}
-    path = tmp_path / "run.json"
-    path.write_text(json.dumps(cfg))
-    import tunelab.models.loading as loading
-
-    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
-    monkeypatch.setattr(sys, "argv", ["tunelab", "train", str(path)])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and "Traceback" not in err
+    code, err = train_refused(cfg)
+    assert code == 2 and "Traceback" not in err
     assert f"{data}:3:" in err and field in err, err
 
 
@@ -295,23 +284,13 @@ BAD_ROWS = {  # (task, good row, bad row, the field the message names)
 
 
 @pytest.mark.parametrize("case", list(BAD_ROWS))
-def test_bad_conversational_and_feedback_rows_exit_2_with_file_and_line(tmp_path, tiny_model, case, capsys, monkeypatch):
-    from tunelab.cli import main
-
+def test_bad_conversational_and_feedback_rows_exit_2_with_file_and_line(tmp_path, tiny_model, case, train_refused):
     task, good, bad, field = BAD_ROWS[case]
     data = write_rows(tmp_path / "rows.jsonl", [good, good, bad])
     cfg = config(tmp_path, tiny_model, task, "lora") | {"data": {"train": data}}
     del cfg[task]
-    path = tmp_path / "run.json"
-    path.write_text(json.dumps(cfg))
-    import tunelab.models.loading as loading
-
-    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
-    monkeypatch.setattr(sys, "argv", ["tunelab", "train", str(path)])
-    with pytest.raises(SystemExit) as exit_:
-        main()
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and "Traceback" not in err
+    code, err = train_refused(cfg)
+    assert code == 2 and "Traceback" not in err
     assert f"{data}:3: {field}:" in err, err
 
 

@@ -355,6 +355,17 @@ _PLACEHOLDERS: dict[str, Any] = {  # valid stand-ins for a bad field, so `row_pr
 }
 
 
+def _placeholder(key: str, shape: str, row: dict) -> Any:
+    """A valid stand-in for a bad field. A dialogue's stand-in is the other dialogue with another last
+    answer: anything else would differ from it in every turn, a problem the row does not have."""
+    other = row.get({"chosen": "rejected", "rejected": "chosen"}.get(key, ""))
+    if shape == "preference_dialogue" and isinstance(other, str):
+        return other + " (another answer)"
+    if shape == "preference_dialogue" and isinstance(other, list) and other:
+        return [*other[:-1], {"role": "assistant", "content": "another answer"}]
+    return _PLACEHOLDERS.get(key, "x")
+
+
 def row_problems(data: dict, shape: str, *, file: str, line: int) -> tuple[Example | None, list[TunelabError]]:
     """`to_example`, but every bad field is reported, not only the first: after each error the field is
     replaced by a valid stand-in and the row checked again, so the messages are exactly training's."""
@@ -369,7 +380,7 @@ def row_problems(data: dict, shape: str, *, file: str, line: int) -> tuple[Examp
         if not key or key in fixed or len(fixed) > len(spec.fields if spec else ()):
             return None, errors
         fixed.add(key)
-        patched[key] = _PLACEHOLDERS.get(key, "x")
+        patched[key] = _placeholder(key, shape, patched)
         try:
             to_example(patched, shape, file=file, line=line)
             return None, errors

@@ -187,12 +187,7 @@ def judge(logps: dict[str, list[float]], base: dict[str, list[float]] | None, go
         "logp_margin": sum(c - r for c, r in zip(logps["chosen"], logps["rejected"], strict=True)) / n,
         "n": n,
     }
-    if gold is not None:
-        metrics["gold_score"] = 100.0 * sum(gold) / max(len(gold), 1)
-    if answer_tokens is not None:
-        metrics["mean_output_tokens"] = round(answer_tokens, 1)
-    metrics["n_answers"] = n_answers
-    return metrics
+    return _with_answers(metrics, gold, n_answers, answer_tokens)
 
 
 def judge_feedback(logps: dict[str, list], base: dict[str, list] | None, gold: list[float] | None, n_answers: int,
@@ -204,6 +199,12 @@ def judge_feedback(logps: dict[str, list], base: dict[str, list] | None, gold: l
     bad = [r for r, lab in zip(rewards, logps["label"], strict=True) if not lab]
     metrics: dict[str, Any] = {"feedback_accuracy": sum(wins) / len(wins), "n": len(wins),
                                "reward_gap": (sum(good) / len(good) if good else 0.0) - (sum(bad) / len(bad) if bad else 0.0)}  # fmt: skip
+    return _with_answers(metrics, gold, n_answers, answer_tokens)
+
+
+def _with_answers(metrics: dict[str, Any], gold: list[float] | None, n_answers: int,
+                  answer_tokens: float | None) -> dict[str, Any]:  # fmt: skip
+    """A model's metrics plus those of its greedy answers: the gold rule's score and their length."""
     if gold is not None:
         metrics["gold_score"] = 100.0 * sum(gold) / max(len(gold), 1)
     if answer_tokens is not None:
