@@ -192,20 +192,23 @@ def sentiment_file(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def train_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
-    """`tunelab train` of a config (a dict, written as JSON) that must be refused before any model
-    loads: returns (exit code, stderr)."""
+    """`tunelab train` of a config (a dict, written as JSON; `options` after it, e.g. --nproc 2) that must
+    be refused before any model loads or any process is launched: returns (exit code, stderr)."""
     import json
 
     import tunelab.models.loading as loading
     from tunelab.cli import main
 
-    def run(cfg: dict, name: str = "run.json") -> tuple[int, str]:
+    def run(cfg: dict, name: str = "run.json", *options: str) -> tuple[int, str]:
+        import subprocess
+
         path = tmp_path / name
         path.write_text(json.dumps(cfg))
         monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+        monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("processes were launched"))
         capsys.readouterr()
         with pytest.raises(SystemExit) as exit_:
-            main(["train", str(path)])
+            main(["train", str(path), *options])
         return exit_.value.code, capsys.readouterr().err
 
     return run

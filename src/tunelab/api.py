@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import traceback
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from tunelab.paths import check_removable, remove_owned
 from tunelab.progress import quiet_libraries
 from tunelab.runs.layout import RunDir
 from tunelab.runs.loading import LoadedRun
+from tunelab.training.distributed import WorkerFinished, World, finish, share_outcome, start, world
 
 
 @dataclass
@@ -39,44 +42,95 @@ def train(
     overrides: list[str] | None = None,
     overwrite: bool = False,
 ) -> TrainResult:
-    """Run one training job described by a config; returns where everything was written."""
-    quiet_libraries()
-    cfg = resolve_config(config, overrides)
+    """Run one training job described by a config; returns where everything was written. Under
+    torchrun (several processes) every process calls this; rank 0 writes the run folder, the others
+    train with it and return a result without `results`."""
     from tunelab.config import check_before_loading
 
-    check_before_loading(cfg)  # output folder, max_length, module names: before anything is written
+    quiet_libraries()
+    cfg = resolve_config(config, overrides)
+    check_before_loading(cfg)  # output folder, max_length, module names, strategy: before anything is written
     run = RunDir(cfg.run_dir)
-    if run.path.exists() and any(run.path.iterdir()):
-        # a run that failed before its first checkpoint (bad data, unknown model…) holds nothing worth keeping
-        failed_early = run.read_status().get("status") == "failed" and run.last_checkpoint() is None
-        if not (overwrite or failed_early):
-            raise TunelabError(
-                "run directory already exists",
-                file=str(run.path),
-                expected="a new `name:`, --overwrite to replace it, or `tunelab train --resume RUN_DIR` to continue it",
-            )
-        markers = (run.status_file.name,)
-        check_removable(run.path, markers=markers, what="a tunelab run")  # before the lock file is written in it
-        with run.lock():  # never remove a run another process is writing
-            remove_owned(run.path, markers=markers, what="a tunelab run")
-    with run.lock():
-        run.start(resume=False)
-        run.config.write_text(dump_config(cfg), encoding="utf-8")
-        return _execute(cfg, run, resume=False)
+    with _processes(cfg) as current, ExitStack() as held:
+
+        def prepare() -> None:  # rank 0 only; the others learn whether it worked
+            if _replaces_existing(run, overwrite):
+                markers = (run.status_file.name,)
+                check_removable(run.path, markers=markers, what="a tunelab run")  # before the lock file is written in it
+                with run.lock():  # never remove a run another process is writing
+                    remove_owned(run.path, markers=markers, what="a tunelab run")
+            held.enter_context(run.lock())
+            run.start(resume=False)
+            run.write_status(world_size=current.size)
+            run.config.write_text(dump_config(cfg), encoding="utf-8")
+
+        share_outcome(current, prepare)
+        return _execute(cfg, run, resume=False, current=current)
+
+
+def _replaces_existing(run: RunDir, overwrite: bool) -> bool:
+    """Whether `run`'s folder holds an earlier run to remove first; refused unless `overwrite` or that
+    run failed before its first checkpoint (then it holds nothing worth keeping)."""
+    if not (run.path.exists() and any(run.path.iterdir())):
+        return False
+    failed_early = run.read_status().get("status") == "failed" and run.last_checkpoint() is None
+    if not (overwrite or failed_early):
+        raise TunelabError(
+            "run directory already exists",
+            file=str(run.path),
+            expected="a new `name:`, --overwrite to replace it, or `tunelab train --resume RUN_DIR` to continue it",
+        )
+    return True
 
 
 def resume(run_dir: str | Path) -> TrainResult:
-    """Continue an unfinished run from its last checkpoint, with the config it was started with."""
+    """Continue an unfinished run from its last checkpoint, with the config it was started with (and
+    as many processes as it started with)."""
     from tunelab.runs.loading import run_config
 
     quiet_libraries()
     run, cfg = run_config(run_dir, complete=False)
-    with run.lock():
-        run.start(resume=True)
-        return _execute(cfg, run, resume=True)
+    _check_same_world(run, world().size)
+    with _processes(cfg) as current, ExitStack() as held:
+
+        def prepare() -> None:
+            held.enter_context(run.lock())
+            run.start(resume=True)
+
+        share_outcome(current, prepare)
+        return _execute(cfg, run, resume=True, current=current)
 
 
-def _execute(cfg: RunConfig, run: RunDir, *, resume: bool) -> TrainResult:
+def _check_same_world(run: RunDir, size: int) -> None:
+    """A run resumes in as many processes as it trained in: another count changes the rows per
+    optimizer step and which process reads which rows, so the rest of the run would not be this run's."""
+    trained = int(run.read_status().get("world_size") or 1)
+    if trained != size:
+        raise TunelabError(
+            f"this run trained in {trained} process{'es' if trained != 1 else ''}; resuming it in {size} would "
+            "change its batch per optimizer step and its data order",
+            file=str(run.path),
+            expected=f"tunelab train --resume {run.path}" + (f" --nproc {trained}" if trained > 1 else " (no --nproc)"),
+        )
+
+
+@contextmanager
+def _processes(cfg: RunConfig) -> Iterator[World]:
+    """This process's place among the run's processes; with several, their process group (opened
+    here, closed when this process is done with the run)."""
+    current = world()
+    if not current.distributed:
+        yield current
+        return
+    opened = start(cfg.distributed, current)
+    try:
+        yield current
+    finally:
+        if opened:
+            finish()
+
+
+def _execute(cfg: RunConfig, run: RunDir, *, resume: bool, current: World) -> TrainResult:
     from tunelab.data.doctor import check_for_training
     from tunelab.evaluation.run_report import write_run_report
     from tunelab.methods.registry import METHODS
@@ -84,8 +138,13 @@ def _execute(cfg: RunConfig, run: RunDir, *, resume: bool) -> TrainResult:
     from tunelab.stages.registry import STAGES
 
     stage, method = STAGES[cfg.task], METHODS[cfg.method]
-    run.write_status(source_dir=str(cfg._source_dir or Path.cwd()), task=cfg.task, method=cfg.method)
-    ctx = Context(cfg=cfg, run=run, stage=stage, method=method, resume=resume, open_run=load_run)
+    if current.is_main:
+        run.write_status(source_dir=str(cfg._source_dir or Path.cwd()), task=cfg.task, method=cfg.method)
+    else:  # evaluation and every file are rank 0's: this process trains, then stops
+        cfg = cfg.model_copy(deep=True)
+        cfg.evaluation.enabled = False
+    ctx = Context(cfg=cfg, run=run, stage=stage, method=method, resume=resume, open_run=load_run,
+                  world=current)  # fmt: skip
     try:
         if resume:  # train() checked this before writing anything; a resumed run may be on another machine
             from tunelab.config import check_before_loading
@@ -96,16 +155,71 @@ def _execute(cfg: RunConfig, run: RunDir, *, resume: bool) -> TrainResult:
         checked = check_for_training(cfg, task_shapes=stage.shapes)
         checked.raise_for_errors()
         ctx.splits = checked.splits
-        if cfg.model.init_from and not run.init_model_ready:
-            _merge_start(cfg, run)
+        if current.is_main:
+            _warn_if_it_will_not_fit(ctx)
+        if cfg.model.init_from:  # rank 0 merges the starting run once; the others wait for it
+            share_outcome(current, lambda: run.init_model_ready or _merge_start(cfg, run))
         results = stage.run(ctx)
         report = write_run_report(run, cfg, results, ctx.notes, headline=stage.headline_metrics)
         run.mark_complete(_summary(results))
+    except WorkerFinished:
+        return TrainResult(run_dir=run.path, results={}, report=run.report, model=ctx.model, config=cfg)
     except BaseException as exc:  # noqa: BLE001 - any interruption marks the run failed, then re-raises
-        run.mark_failed(f"{type(exc).__name__}: {exc}")
-        (run.path / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
+        if current.is_main:
+            run.mark_failed(f"{type(exc).__name__}: {exc}")
+            (run.path / "error.log").write_text(traceback.format_exc(), encoding="utf-8")
         raise
     return TrainResult(run_dir=run.path, results=results, report=report, model=ctx.model, config=cfg)
+
+
+def launch(config: str | Path | None = None, *, resume: str | Path | None = None, nproc: int,
+           nnodes: int = 1, node_rank: int = 0, master_addr: str = "127.0.0.1", master_port: int = 29500,
+           overrides: list[str] | None = None, overwrite: bool = False) -> int:  # fmt: skip
+    """Train (or resume) in `nproc` processes on this machine, one of `nnodes` machines (torchrun),
+    after checking here everything one process can check (config, strategy, data, the run folder),
+    so a mistake is one message, not one per process. Returns torchrun's exit code."""
+    import subprocess
+
+    from tunelab.config import check_before_loading
+    from tunelab.data.doctor import check_for_training
+    from tunelab.runs.loading import run_config
+    from tunelab.stages.registry import STAGES
+    from tunelab.training.distributed import launch_environment, torchrun_command
+
+    for value, name, low in ((nproc, "--nproc", 1), (nnodes, "--nnodes", 1), (master_port, "--master-port", 1)):
+        if value < low:
+            raise TunelabError(f"is {value}", field=name, expected=f"a number, {low} or more")
+    if not 0 <= node_rank < nnodes:
+        raise TunelabError(f"is {node_rank}", field="--node-rank", expected=f"0 to {nnodes - 1} (one per machine)")
+    quiet_libraries()
+    size = nproc * nnodes
+    if resume is not None:
+        run, cfg = run_config(resume, complete=False)
+        _check_same_world(run, size)
+        args = ["--resume", str(resume)]
+    else:
+        if config is None:
+            raise TunelabError("give a CONFIG file or --resume RUN_DIR", expected="tunelab train CONFIG --nproc N")
+        cfg = resolve_config(config, overrides)
+        if node_rank == 0:  # the folder is node 0's to check; another node may see it made already
+            _replaces_existing(RunDir(cfg.run_dir), overwrite)
+        args = [str(config), *[a for o in overrides or [] for a in ("--set", o)], *(["--overwrite"] * overwrite)]
+    check_before_loading(cfg, output_dir=resume is None, world_size=size, local_size=nproc)
+    check_for_training(cfg, task_shapes=STAGES[cfg.task].shapes).raise_for_errors()
+    command = torchrun_command(args, nproc=nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr,
+                               master_port=master_port)  # fmt: skip
+    return subprocess.run(command, env=launch_environment(cfg.training.threads), check=False).returncode
+
+
+def _warn_if_it_will_not_fit(ctx: Any) -> None:
+    """The planner's word, before any model loads, when the run will not fit this machine's memory."""
+    from tunelab.planning.preflight import memory_warning
+    from tunelab.progress import info
+
+    warning = memory_warning(ctx.cfg, world_size=ctx.world.size, local_size=ctx.world.local_size)
+    if warning:
+        ctx.notes.append(warning)
+        info(f"[yellow]memory[/yellow] {warning}")
 
 
 def _merge_start(cfg: RunConfig, run: RunDir) -> None:

@@ -42,16 +42,30 @@ def train(
     resume: Path = typer.Option(None, "--resume", help="continue an unfinished run from its last checkpoint"),
     set_: list[str] = typer.Option(None, "--set", help="override a config key: --set training.lr=1e-4"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory of the same name"),
+    nproc: int = typer.Option(None, "--nproc", help="train in N processes on this machine (torchrun; one per GPU)"),
+    nnodes: int = typer.Option(1, "--nnodes", help="machines training together (start the same command on each)"),
+    node_rank: int = typer.Option(0, "--node-rank", help="this machine's number among them, 0 … nnodes-1"),
+    master_addr: str = typer.Option("127.0.0.1", "--master-addr", help="address of machine 0 (the others reach it)"),
+    master_port: int = typer.Option(29500, "--master-port", help="a free port on machine 0"),
 ) -> None:
-    """Train (and evaluate) a model as described by CONFIG."""
+    """Train (and evaluate) a model as described by CONFIG; with --nproc in several processes, and with
+    --nnodes on several machines (the `distributed:` section picks DDP, FSDP or DeepSpeed)."""
     from tunelab import api
 
+    if nproc is not None or nnodes > 1:
+        code = api.launch(config, resume=resume, nproc=1 if nproc is None else nproc, nnodes=nnodes, node_rank=node_rank,
+                          master_addr=master_addr, master_port=master_port, overrides=set_, overwrite=overwrite)  # fmt: skip
+        if code:
+            raise typer.Exit(code)
+        return
     if resume is not None:
         result = api.resume(resume)
     elif config is None:
         raise TunelabError("give a CONFIG file or --resume RUN_DIR", expected="tunelab train CONFIG")
     else:
         result = api.train(config, overrides=set_, overwrite=overwrite)
+    if not result.results:  # a process other than rank 0 of a run in several: rank 0 reports
+        return
     _print_results(result.results)
     out.print(f"run:    [bold]{result.run_dir}[/bold]")
     out.print(f"report: [bold]{result.report}[/bold]")

@@ -41,6 +41,7 @@ from tunelab.errors import TunelabError
 from tunelab.methods.registry import METHODS
 from tunelab.paths import check_folder_name
 from tunelab.stages.registry import STAGES
+from tunelab.training.distributed import DistributedOptions
 from tunelab.yaml_files import key_lines, merge_dicts, override_keys, parse_overrides, read_mapping
 
 MAX_INT = 2**63 - 1  # what a C long holds: torch, numpy and the tokenizers take no larger integer
@@ -157,6 +158,7 @@ class _RunConfigBase(Section):
     data: DataSection
     training: TrainingSection = Field(default_factory=TrainingSection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    distributed: DistributedOptions = Field(default_factory=DistributedOptions)  # several processes (torchrun)
     _source_dir: Path | None = PrivateAttr(None)  # relative data paths resolve here (the config's folder)
     _where: _Where | None = PrivateAttr(None)  # the file and key lines it was read from, for later errors
     _method_defaults: dict[str, Any] = PrivateAttr(default_factory=dict)  # "training.lr" → value filled in
@@ -499,7 +501,8 @@ def optimizer_names() -> tuple[str, ...] | None:
 
 
 def check_before_loading(cfg: _RunConfigBase, *, output_dir: bool = True, model: bool = True,
-                         strict: bool = True) -> list[str]:  # fmt: skip
+                         strict: bool = True, world_size: int | None = None,
+                         local_size: int | None = None) -> list[str]:  # fmt: skip
     """What a config gets wrong that only the file system or the model's config.json shows, found
     before any weights load: an output folder that cannot be made (a file in its place), `data.max_length`
     beyond the model's positions, and the method's module names (`lora.target_modules`,
@@ -509,12 +512,33 @@ def check_before_loading(cfg: _RunConfigBase, *, output_dir: bool = True, model:
     model that is not available here (offline hub, package not installed) is such a note, not an error."""
     where = cfg._where or _Where("<config>")
     notes: list[str] = []
+    _check_distributed(cfg, where, world_size, local_size)  # `world_size` processes (default: torchrun's), `local_size` here
     if output_dir:
         _check_output_dir(cfg, where)
     notes += _check_init_from(cfg, where, strict=strict)
     if model:
         notes += _check_model(cfg, where, strict=strict)
     return notes
+
+
+def _check_distributed(cfg: _RunConfigBase, where: _Where, world_size: int | None, local_size: int | None) -> None:
+    from tunelab.training import distributed
+
+    current = distributed.world()
+    size = current.size if world_size is None else world_size
+    if size <= 1:
+        return
+    import torch
+
+    found = distributed.problems(cfg.distributed, world_size=size, method=METHODS[cfg.method],
+                                 stage=STAGES[cfg.task], gpus=torch.cuda.device_count(),
+                                 local_size=current.local_size if local_size is None else local_size)  # fmt: skip
+    distributed.raise_problems(found, where)
+    if cfg.distributed.strategy == "deepspeed":
+        try:
+            distributed.check_deepspeed_config(distributed.deepspeed_config(cfg.distributed.deepspeed), cfg.training)
+        except TunelabError as err:
+            raise where.attach(err) from None
 
 
 def _check_output_dir(cfg: _RunConfigBase, where: _Where) -> None:

@@ -22,7 +22,9 @@ console = Console(stderr=True, soft_wrap=True)
 
 
 def quiet() -> bool:
-    return os.environ.get("TUNELAB_QUIET", "") not in ("", "0")
+    """No bars or notes: asked for (TUNELAB_QUIET=1), or a process other than rank 0 of a run in
+    several (torchrun's RANK): one process speaks for the run."""
+    return os.environ.get("TUNELAB_QUIET", "") not in ("", "0") or os.environ.get("RANK", "0") not in ("", "0")
 
 
 def make_progress() -> Progress:

@@ -285,7 +285,7 @@ def plan(config: Any, *, overrides: list[str] | None = None, batch_size: int | N
         trained_fraction=trained_fraction, sequences_per_row=2 if stage.model_kind in ("reward", "policy_lm") and
         not stage.generates_in_loop else 1, reference_forward=stage.reference_model,
         reference_weights=stage.reference_model and cfg.method in ("full", "freeze"), device=device,
-        world_size=world_size, strategy=strategy or "ddp",
+        world_size=world_size, strategy=strategy or _strategy(cfg.distributed),
     )  # fmt: skip
     if stage.generates_in_loop:
         notes.append(f"{cfg.task} samples answers inside the loop: generation is not counted, only the training "
@@ -337,6 +337,14 @@ def _method_extras(method: str, options: Any) -> dict[str, Any]:
     if method == "ptuning":
         extras["encoder_hidden"] = int(options.encoder_hidden_size)
     return extras
+
+
+def _strategy(options: Any) -> str:
+    """The planner's memory model of a config's `distributed:` strategy: weights, gradients and states
+    sharded (FSDP, ZeRO-3) or each process holding them all (DDP; ZeRO-2 shards only the states and
+    gradients, so counting it as DDP overestimates)."""
+    sharded = options.strategy == "fsdp" or (options.strategy == "deepspeed" and options.deepspeed.zero_stage == 3)
+    return "fsdp" if sharded else "ddp"
 
 
 def _gpu(name: str) -> Machine:

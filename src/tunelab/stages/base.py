@@ -19,6 +19,7 @@ from tunelab.data.splits import Splits
 from tunelab.methods.base import Method
 from tunelab.models.kinds import MODEL_KINDS, ModelKind
 from tunelab.runs.layout import RunDir
+from tunelab.training.distributed import World
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,17 @@ class Context:
     precision: str = "fp32"  # setup
     notes: list[str] = field(default_factory=list)  # every step: shown in the report
     weight_memory: dict[str, int] = field(default_factory=dict)  # apply_method
+    labels: list[str] | None = None  # load_base_model: a classifier head's labels
     model: Any = None  # train_and_save: the trained model, still in memory
     # api: opens a finished run (runs.loading.load_run, which sits above the stages), for a stage that
     # uses another run's model (GRPO against a reward run)
     open_run: Callable[[Any], Any] | None = None
+    world: World = field(default_factory=World)  # api: this process among the run's (torchrun); rank 0 writes
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run folder (rank 0 only; the others train and stop)."""
+        return self.world.is_main
 
 
 def base_model_path(cfg: Any, run: RunDir) -> str:

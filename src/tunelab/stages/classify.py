@@ -90,7 +90,8 @@ def run(ctx: Context) -> dict[str, Any]:
     splits = load_data(ctx)
     labels = label_names(ctx, splits.train, options.labels)
     label_ids = {name: i for i, name in enumerate(labels)}
-    ctx.run.write_labels(labels)
+    if ctx.writes:
+        ctx.run.write_labels(labels)
     train_rows = encode(ctx, splits.train, label_ids)
     eval_rows = encode(ctx, splits.validation, label_ids)
     test = held_out(ctx, splits)

@@ -83,6 +83,7 @@ def load_base_model(ctx: Context, labels: list[str] | None = None) -> Any:
     """The base model as the method trains on it (a classifier head sized for `labels`)."""
     from tunelab.models.loading import load_model
 
+    ctx.labels = labels
     kwargs = base_model_kwargs(ctx.stage, ctx.method, ctx.cfg, ctx.precision, ctx.tokenizer, labels)
     model = load_model(ctx.model_path, ctx.stage.model_kind, **kwargs)
     if ctx.method.prepare_for_training is not None:
@@ -179,6 +180,9 @@ def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict],
     if t.padding_free and stage_packs and not method.packs_rows:
         ctx.notes.append(f"method {method.name} prepends virtual tokens per row: batches are padded, not packed")
     checkpoint = resume_checkpoint(ctx) if ctx.resume else None
+    # step 0 of the loss curve: the validation loss before any training, measured by the Trainer once
+    # it has prepared the model (an evaluate() before train() would leave it unwrapped: no DDP)
+    args.eval_on_start = args.eval_strategy != "no" and checkpoint is None
     totals = RunTotals.from_checkpoint(checkpoint)
     callbacks: list[Any] = [
         MetricsFileCallback(ctx.run.metrics, seconds_before=totals.seconds_before),
@@ -200,6 +204,11 @@ def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict],
         callbacks=callbacks,
     )
     trainer.remove_callback(_printer_callback())
+    for asked, running, name in ((args.fsdp, trainer.is_fsdp_enabled, "FSDP"),
+                                 (args.deepspeed, trainer.is_deepspeed_enabled, "DeepSpeed")):  # fmt: skip
+        if asked and not running:  # accelerate drops FSDP without a word on CPUs: never train as something else
+            raise TunelabError(f"{name} was asked for but the Trainer would train without it (plain DDP) here",
+                               field="distributed.strategy", expected="ddp on this machine")  # fmt: skip
     totals.attach(trainer)
     if build_trainer is None and LOSSES[stage.loss].per_batch_mean:
         # per-batch-mean losses: let Trainer divide them across accumulation steps
@@ -210,8 +219,6 @@ def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict],
             # would train one step more than asked, so load the finished weights instead
             load_finished(trainer, checkpoint, ctx)
         else:
-            if args.eval_strategy != "no" and checkpoint is None:
-                trainer.evaluate()  # step 0 of the loss curve: the validation loss before any training
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if hasattr(model, "config"):
         model.config.use_cache = True
@@ -272,6 +279,8 @@ def resume_checkpoint(ctx: Context) -> Path | None:
     full disk cut short are removed (unusable, and in the way of this run's save of the same step),
     and metrics.jsonl loses the rows logged after it (those steps are trained again)."""
     checkpoint = ctx.run.last_checkpoint()
+    if not ctx.writes:  # rank 0 tidies the folder; the others only read the checkpoint it resumes from
+        return checkpoint
     for skipped in ctx.run.checkpoint_dirs():
         if skipped == checkpoint:
             break
@@ -293,6 +302,35 @@ def _printer_callback() -> Any:
     return PrinterCallback
 
 
+def gathered_model(ctx: Context, trainer: Any) -> Any:
+    """After FSDP or ZeRO-3 training each process holds a shard of the weights: every process takes
+    part in gathering the whole state dict, and rank 0 loads it into a fresh, unsharded model of the
+    same kind (base, method applied), which it then saves and evaluates like a one-process run's
+    model. The other ranks get None. Rank 0 must hold the whole model for that (in CPU memory first)."""
+    from tunelab.models.loading import load_model
+
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # a collective: every rank calls it
+    if not ctx.writes:
+        return None
+    if trainer.is_deepspeed_enabled:
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        # training is over: from here on rank 0 loads and generates alone, so no ZeRO-3 partitioning at
+        # load and no generation in step with the other processes (which have stopped)
+        unset_hf_deepspeed_config()
+    kwargs = base_model_kwargs(ctx.stage, ctx.method, ctx.cfg, ctx.precision, ctx.tokenizer, ctx.labels)
+    model = load_model(ctx.model_path, ctx.stage.model_kind, **kwargs)
+    if ctx.method.prepare_for_training is not None:
+        model = ctx.method.prepare_for_training(model)
+    model = ctx.method.apply(model, ctx.cfg.method_options(), ctx.stage.kind)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    if unexpected or trained & set(missing):
+        raise RuntimeError(f"the gathered weights do not fit the model: missing {sorted(trained & set(missing))[:3]}, "
+                           f"unexpected {sorted(unexpected)[:3]}")  # fmt: skip
+    return model
+
+
 def save_trained(ctx: Context, model: Any, fmt: Any) -> Path:
     """Weights (safetensors), tokenizer and prompt format, so the run can be used without its config."""
     directory = ctx.run.path / ctx.method.weights_dir
@@ -308,9 +346,15 @@ def train_and_save(ctx: Context, model: Any, train_rows: list, eval_rows: list, 
                    **fit_options: Any) -> dict[str, Any]:
     """Apply the method, train, save: the middle of every recipe (`fit_options` go to `fit`). Returns
     the model and what happened."""
+    from tunelab.training.distributed import WorkerFinished, shards_weights
+
     model, trainable = apply_method(ctx, model)
     stats = fit(ctx, model, train_rows, eval_rows, **fit_options)
-    stats.pop("trainer")
+    trainer = stats.pop("trainer")
+    if shards_weights(ctx.cfg.distributed, ctx.world):
+        model = gathered_model(ctx, trainer)
+    if not ctx.writes:  # saving and evaluating are rank 0's
+        raise WorkerFinished
     weights = save_trained(ctx, model, fmt)
     ctx.model = model
     return {

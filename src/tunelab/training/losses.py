@@ -100,7 +100,13 @@ def loss_trainer(loss_name: str, *, sliced_logits: bool, options: dict[str, Any]
     class LossTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
             # evaluation asks for outputs too; with prediction_loss_only the sliced logits are never read
-            return loss.compute(model, inputs, num_items_in_batch, return_outputs=return_outputs, **extra)
+            out = loss.compute(model, inputs, num_items_in_batch, return_outputs=True, **extra)
+            value = out[0]
+            if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+                # the count is every process's tokens and DDP averages the gradients: scale back up, as
+                # Trainer.compute_loss does for the losses it computes itself
+                value = value * (self.accelerator.num_processes // self.get_tp_size())
+            return (value, out[1]) if return_outputs else value
 
     LossTrainer.__name__ = f"{loss_name.title().replace('_', '')}Trainer"
     return LossTrainer

@@ -19,6 +19,8 @@ from transformers.trainer_callback import ExportableState
 from tunelab.errors import TunelabError
 from tunelab.progress import make_progress
 from tunelab.runs.layout import RunDir
+from tunelab.training.distributed import trainer_arguments as distributed_arguments
+from tunelab.training.distributed import world
 
 
 class RunTotals(TrainerCallback, ExportableState):
@@ -58,10 +60,16 @@ class RunTotals(TrainerCallback, ExportableState):
         trainer.add_callback(self)
         step = trainer.training_step
 
+        processes = world().size
+
         def counted_step(model: Any, inputs: dict, *args: Any, **kwargs: Any) -> Any:
             loss = step(model, inputs, *args, **kwargs)
-            self.tokens += batch_tokens(inputs)
-            self.last_loss = float(loss)
+            tokens, value = batch_tokens(inputs), float(loss)
+            if processes > 1:  # every process counts the whole run: all tokens, the mean loss
+                tokens, value = summed_over_processes(loss, tokens, value)
+                value /= processes
+            self.tokens += tokens
+            self.last_loss = value
             self.loss_sum += self.last_loss
             return loss
 
@@ -70,8 +78,22 @@ class RunTotals(TrainerCallback, ExportableState):
     def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
         self.started = time.time()
 
+    def on_evaluate(self, args, state, control, **kwargs):  # noqa: ANN001
+        if state.global_step == 0 and self.started is not None:
+            self.started = time.time()  # the validation loss before training (eval_on_start) is not training time
+
     def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
         self.seconds_before, self.started = self.seconds, None
+
+
+def summed_over_processes(like: Any, tokens: int, value: float) -> tuple[int, float]:
+    """(tokens, value) summed over the run's processes (a tensor on `like`'s device: nccl needs the GPU)."""
+    import torch
+    import torch.distributed as dist
+
+    both = torch.tensor([float(tokens), value], dtype=torch.float64, device=like.device)
+    dist.all_reduce(both)
+    return int(both[0].item()), float(both[1].item())
 
 
 def batch_tokens(inputs: dict) -> int:
@@ -212,8 +234,11 @@ def training_arguments(cfg: Any, output_dir: Path, precision: str, *, has_eval: 
     if args_class is not TrainingArguments:
         extra.setdefault("gradient_checkpointing", cfg.training.gradient_checkpointing)
     t = cfg.training
+    current = world()
+    if current.distributed:
+        extra = {**distributed_arguments(cfg.distributed, cuda=_cuda(), training=t), **extra}
     eval_on = has_eval and t.eval_steps is not None
-    steps_per_epoch = max(1, math.ceil(n_train / (t.batch_size * t.grad_accum)))
+    steps_per_epoch = max(1, math.ceil(n_train / (t.batch_size * t.grad_accum * current.size)))
     total = t.max_steps or math.ceil(steps_per_epoch * t.epochs)
     save_steps = t.save_steps or total
     eval_steps = t.eval_steps or total
