@@ -11,6 +11,8 @@ overhead; on CUDA it is torch.cuda.max_memory_allocated.
 `--malloc` also runs each case with glibc's mmap threshold fixed at 64 KiB (MALLOC_MMAP_THRESHOLD_),
 which hands freed tensors back to the system at once: the RSS then follows the live tensors, the
 quantity the estimate models; the default allocator keeps freed medium-sized tensors in its heap.
+`--malloc tensors` instead reads the live tensor bytes themselves (`plan --measure --tensors`: torch's
+profiler), the CPU analogue of CUDA's max_memory_allocated, whatever the allocator keeps.
 
     .venv/bin/python benchmarks/plan_memory.py                      # 12 cases, a markdown table at the end
     .venv/bin/python benchmarks/plan_memory.py --methods lora --batches 8 --lengths 256 --malloc both
@@ -33,10 +35,10 @@ GIB = 2**30
 MALLOC_FIXED = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
-def write_config(directory: Path, method: str, batch: int, length: int) -> Path:
-    path = directory / f"{method}-{batch}-{length}.yaml"
+def write_config(directory: Path, method: str, batch: int, length: int, model: str = MODEL) -> Path:
+    path = directory / f"{Path(model).name}-{method}-{batch}-{length}.yaml"
     path.write_text(
-        f"name: plan-memory\noutput_dir: {directory / 'runs'}\nmodel: {MODEL}\nmethod: {method}\n"
+        f"name: plan-memory\noutput_dir: {directory / 'runs'}\nmodel: {model}\nmethod: {method}\n"
         f"data:\n  train: builtin:chatterbot\n  max_length: {length}\n"
         f"training:\n  batch_size: {batch}\n  grad_accum: 1\n",
         encoding="utf-8",
@@ -47,6 +49,8 @@ def write_config(directory: Path, method: str, batch: int, length: int) -> Path:
 def run_case(config: Path, steps: int, malloc: str, timeout: int) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TUNELAB_QUIET": "1", **(MALLOC_FIXED if malloc == "fixed" else {})}
     cmd = [sys.executable, "-m", "tunelab.cli", "plan", str(config), "--measure", "--steps", str(steps), "--json"]
+    if malloc == "tensors":
+        cmd.append("--tensors")
     start = time.time()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if res.returncode != 0:
@@ -55,6 +59,10 @@ def run_case(config: Path, steps: int, malloc: str, timeout: int) -> dict:
     memory, measured = data["memory"], data["measured"]
     estimate = memory["peak_allocated_bytes"]
     compared = measured["growth_bytes"] if measured["device"] == "cpu" else measured["peak_bytes"]
+    if malloc == "tensors" and measured.get("tensor_peak_bytes"):
+        # live tensors: the mapped checkpoint pages and the runtime's code and caches are RSS, not tensors
+        estimate -= sum(t["bytes"] for t in memory["terms"] if t.get("key") in ("mapped", "runtime"))
+        compared = measured["tensor_peak_bytes"]
     return {
         "device": measured["device"],
         "precision": data["workload"]["precision"],
@@ -95,18 +103,27 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[2, 8])
     parser.add_argument("--lengths", nargs="+", type=int, default=[64, 256])
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps each measurement trains")
-    parser.add_argument("--malloc", choices=["default", "fixed", "both"], default="default",
-                        help="glibc's default allocator, a fixed 64 KiB mmap threshold, or both")  # fmt: skip
+    parser.add_argument("--malloc", choices=["default", "fixed", "both", "tensors", "all"], default="default",
+                        help="RSS growth under glibc's default allocator, under a fixed 64 KiB mmap threshold, both; "
+                        "or live tensor bytes (torch's profiler: the CPU analogue of CUDA's max allocated); all three")  # fmt: skip
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per case")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--tiny", action="store_true",
+                        help="the tiny random Llama the unit tests build (tests/conftest.py) instead of SmolLM2")  # fmt: skip
     args = parser.parse_args()
-    mallocs = ["default", "fixed"] if args.malloc == "both" else [args.malloc]
+    mallocs = {"both": ["default", "fixed"], "all": ["default", "fixed", "tensors"]}.get(args.malloc, [args.malloc])
     results = []
     with tempfile.TemporaryDirectory(prefix="plan-memory-") as tmp:
+        model = MODEL
+        if args.tiny:
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+            from conftest import build_tiny_model
+
+            model = str(build_tiny_model(Path(tmp) / "tiny-llama"))
         for method in args.methods:
             for batch in args.batches:
                 for length in args.lengths:
-                    config = write_config(Path(tmp), method, batch, length)
+                    config = write_config(Path(tmp), method, batch, length, model)
                     for malloc in mallocs:
                         r = {"method": method, "batch": batch, "length": length, "malloc": malloc,
                              **run_case(config, args.steps, malloc, args.timeout)}  # fmt: skip

@@ -94,6 +94,12 @@ def quiet_libraries() -> None:
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover
         pass
+    if "DS_ACCELERATOR" not in os.environ and importlib.util.find_spec("deepspeed") is not None:
+        import torch
+
+        # accelerate imports DeepSpeed whenever it is installed, and DeepSpeed warns when it finds no GPU
+        if not torch.cuda.is_available():
+            os.environ["DS_ACCELERATOR"] = "cpu"
     if importlib.util.find_spec("datasets") is not None:
         import datasets  # its map() bars, which TRL's trainers run while tokenizing
 

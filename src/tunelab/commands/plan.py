@@ -36,6 +36,8 @@ def plan(
     trained_fraction: float = typer.Option(1.0, "--trained-fraction",
                                            help="share of positions with a loss (1: every token, the worst case)"),
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
+    tensors: bool = typer.Option(False, "--tensors", help="with --measure on CPU: also the peak of live tensor bytes "
+                                 "(torch's profiler; slower), the figure that compares with CUDA's max allocated"),
 ) -> None:
     """Estimate memory, FLOPs and time of a training config without loading weights, and what fits where."""
     from tunelab.planning import plan as make_plan
@@ -54,7 +56,7 @@ def plan(
 
         cfg = resolve_config(config, set_)
         check_before_loading(cfg, output_dir=False)
-        result.measured = run_steps(cfg, steps=steps, trained_fraction=trained_fraction)
+        result.measured = run_steps(cfg, steps=steps, trained_fraction=trained_fraction, tensors=tensors)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
         return
@@ -81,6 +83,10 @@ def _print(result: Any) -> None:
         table.add_row("measured", "peak", size_text(m.peak_bytes), f"{m.how}; {m.steps} steps in {m.seconds:.1f} s")
         table.add_row("", "growth over baseline", size_text(m.growth_bytes),
                       f"baseline {size_text(m.baseline_bytes)}; estimate {size_text(estimate)} ({error:+.1f}%)")  # fmt: skip
+        if m.tensor_peak_bytes:
+            live = estimate - result.memory.term("mapped") - result.memory.term("runtime")  # RSS terms, not tensors
+            table.add_row("", "live tensors at the peak", size_text(m.tensor_peak_bytes),
+                          f"estimate {size_text(live)} ({100 * (live - m.tensor_peak_bytes) / m.tensor_peak_bytes:+.1f}%)")  # fmt: skip
     out.print(table)
     if result.fits:
         fits = Table(title="what fits where (this config; per GPU, at "

@@ -43,6 +43,7 @@ class Measured:
     tokens: int
     how: str
     notes: list[str] = field(default_factory=list)
+    tensor_peak_bytes: float | None = None  # CPU with tensors=True: the most bytes torch's tensors held at once
 
     @property
     def growth_bytes(self) -> float:
@@ -51,7 +52,8 @@ class Measured:
     def to_dict(self) -> dict[str, Any]:
         return {"device": self.device, "peak_bytes": round(self.peak_bytes), "baseline_bytes": round(self.baseline_bytes),
                 "growth_bytes": round(self.growth_bytes), "steps": self.steps, "seconds": round(self.seconds, 2),
-                "tokens": self.tokens, "how": self.how, "notes": self.notes}  # fmt: skip
+                "tokens": self.tokens, "how": self.how, "notes": self.notes,
+                "tensor_peak_bytes": None if self.tensor_peak_bytes is None else round(self.tensor_peak_bytes)}  # fmt: skip
 
 
 def _status_kib(field_name: str) -> int | None:
@@ -105,9 +107,39 @@ def synthetic_rows(n: int, length: int, vocab: int, *, trained_fraction: float =
     return rows
 
 
-def measure(cfg: Any, *, steps: int = MEASURE_STEPS, trained_fraction: float = 1.0) -> Measured:
+def tensor_peak(train: Any, alive_before: float) -> float:
+    """The most bytes CPU tensors held at once while `train()` ran: `alive_before` (what was allocated
+    when it started: the weights) plus the peak of torch's own running total of what it allocated since
+    (the profiler's memory events, "Total Allocated"). The CPU analogue of torch.cuda.max_memory_allocated:
+    what the allocator kept of freed memory (glibc's heap) is not in it, as the CUDA cache is not."""
+    import json
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        train()
+    with tempfile.TemporaryDirectory(prefix="tunelab-trace-") as tmp:
+        trace = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text(encoding="utf-8")).get("traceEvents", [])
+    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]" and
+              "Total Allocated" in e.get("args", {}) and e["args"].get("Device Type", 0) == 0]  # fmt: skip
+    return alive_before + max(totals, default=0)
+
+
+def _storage_bytes(model: Any) -> float:
+    """Bytes of the distinct storages behind a model's parameters and buffers (tied weights once)."""
+    seen: dict[int, int] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+    return float(sum(seen.values()))
+
+
+def measure(cfg: Any, *, steps: int = MEASURE_STEPS, trained_fraction: float = 1.0, tensors: bool = False) -> Measured:
     """Train `steps` optimizer steps of a resolved RunConfig (check_before_loading already run) and
-    read its peak memory."""
+    read its peak memory. `tensors` (CPU): also count the peak of live tensor bytes with torch's profiler
+    (`tensor_peak`); the profiler's own buffers then inflate the RSS figures."""
     import torch
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -182,8 +214,13 @@ def measure(cfg: Any, *, steps: int = MEASURE_STEPS, trained_fraction: float = 1
         start = time.perf_counter()
         from contextlib import nullcontext
 
+        tensor_bytes = None
         with packed_attention(model) if packed else nullcontext():
-            trainer.train()
+            if tensors and not cuda:
+                tensor_bytes = tensor_peak(trainer.train, _storage_bytes(model))
+                how += "; live tensor bytes from torch's profiler (its buffers are in the RSS)"
+            else:
+                trainer.train()
         seconds = time.perf_counter() - start
         if cuda:
             torch.cuda.synchronize()
@@ -194,4 +231,4 @@ def measure(cfg: Any, *, steps: int = MEASURE_STEPS, trained_fraction: float = 1
         how += f" (MALLOC_MMAP_THRESHOLD_={os.environ['MALLOC_MMAP_THRESHOLD_']}: freed tensors leave the RSS)"
     tokens = len(rows) * cfg.data.max_length
     return Measured(device=device, peak_bytes=peak, baseline_bytes=baseline, steps=steps, seconds=seconds,
-                    tokens=tokens, how=how, notes=notes)  # fmt: skip
+                    tokens=tokens, how=how, notes=notes, tensor_peak_bytes=tensor_bytes)  # fmt: skip
