@@ -146,6 +146,21 @@ def test_two_machines_simulated_on_localhost_train_the_same(runs, tiny_model):
 
 
 @pytest.mark.integration
+def test_accelerate_launch_runs_the_same_training(runs, tiny_model):
+    root = runs["root"]
+    path = root / "accelerate.json"
+    path.write_text(json.dumps(config(root, tiny_model, runs["data"], "accelerate", batch=2, accum=1)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TUNELAB_QUIET": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "tunelab",
+                           "train", str(path)], env=env, capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    run = RunDir(root / "runs/accelerate")
+    assert run.read_status()["world_size"] == 2
+    assert_same_training(run, runs["one"])
+
+
+@pytest.mark.integration
 def test_a_run_killed_under_the_launcher_resumes_under_it_and_ends_where_it_would_have(runs, tiny_model):
     root = runs["root"]
     cfg = config(root, tiny_model, runs["data"], "killed", batch=2, accum=1)
