@@ -84,34 +84,55 @@ def _replaces_existing(run: RunDir, overwrite: bool) -> bool:
 
 
 def resume(run_dir: str | Path) -> TrainResult:
-    """Continue an unfinished run from its last checkpoint, with the config it was started with (and
-    as many processes as it started with)."""
+    """Continue an unfinished run from its last checkpoint, with the config it was started with. In as
+    many processes as it trained in, or under DDP in another count (`_resume_world`)."""
     from tunelab.runs.loading import run_config
 
     quiet_libraries()
     run, cfg = run_config(run_dir, complete=False)
-    _check_same_world(run, world().size)
+    cfg = _resume_world(run, cfg, world().size)
     with _processes(cfg) as current, ExitStack() as held:
 
         def prepare() -> None:
             held.enter_context(run.lock())
             run.start(resume=True)
+            run.write_status(resumed_world_size=current.size, resumed_grad_accum=cfg.training.grad_accum)
 
         share_outcome(current, prepare)
         return _execute(cfg, run, resume=True, current=current)
 
 
-def _check_same_world(run: RunDir, size: int) -> None:
-    """A run resumes in as many processes as it trained in: another count changes the rows per
-    optimizer step and which process reads which rows, so the rest of the run would not be this run's."""
+def _resume_world(run: RunDir, cfg: RunConfig, size: int) -> RunConfig:
+    """The config a run resumes with in `size` processes. Each optimizer step must keep its rows (processes
+    × batch × accumulation) and their order, so under DDP another process count changes the accumulation
+    to match (2 processes × accumulation 1 → 1 process × accumulation 2: the same rows in each step);
+    where no whole accumulation keeps them, or the checkpoint holds one shard per process (FSDP,
+    DeepSpeed), another count is refused."""
     trained = int(run.read_status().get("world_size") or 1)
-    if trained != size:
+    if trained == size:
+        return cfg
+    rows = trained * cfg.training.grad_accum  # micro-batches per optimizer step, over all processes
+    sharded = cfg.distributed.strategy != "ddp" and max(trained, size) > 1
+    again = f"tunelab train --resume {run.path}" + (f" --nproc {trained}" if trained > 1 else " (no --nproc)")
+    if sharded:
         raise TunelabError(
-            f"this run trained in {trained} process{'es' if trained != 1 else ''}; resuming it in {size} would "
-            "change its batch per optimizer step and its data order",
-            file=str(run.path),
-            expected=f"tunelab train --resume {run.path}" + (f" --nproc {trained}" if trained > 1 else " (no --nproc)"),
-        )
+            f"this run trained in {trained} process{'es' if trained != 1 else ''} with {cfg.distributed.strategy}, "
+            f"whose checkpoints hold one shard per process; it cannot resume in {size}",
+            file=str(run.path), expected=again,
+        )  # fmt: skip
+    if rows % size:
+        raise TunelabError(
+            f"this run trained in {trained} process{'es' if trained != 1 else ''} × accumulation "
+            f"{cfg.training.grad_accum}: {rows} micro-batches per step, which {size} processes cannot share evenly",
+            file=str(run.path), expected=again + f", or a process count that divides {rows}",
+        )  # fmt: skip
+    from tunelab.progress import info
+
+    cfg = cfg.model_copy(deep=True)
+    cfg.training.grad_accum = rows // size
+    info(f"[yellow]resume[/yellow] trained in {trained} process(es), resuming in {size}: gradient accumulation "
+         f"{cfg.training.grad_accum} keeps the same rows in every optimizer step")  # fmt: skip
+    return cfg
 
 
 @contextmanager
@@ -195,7 +216,7 @@ def launch(config: str | Path | None = None, *, resume: str | Path | None = None
     size = nproc * nnodes
     if resume is not None:
         run, cfg = run_config(resume, complete=False)
-        _check_same_world(run, size)
+        cfg = _resume_world(run, cfg, size)
         args = ["--resume", str(resume)]
     else:
         if config is None:

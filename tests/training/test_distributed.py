@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -176,15 +177,24 @@ def test_a_run_killed_under_the_launcher_resumes_under_it_and_ends_where_it_woul
     assert crash.returncode != 0 and not killed.is_complete, crash.stderr[-3000:]
     assert killed.last_checkpoint().name == "checkpoint-3"
 
-    refused = cli("train", "--resume", str(killed.path))  # one process: not how it trained
-    assert refused.returncode == 2
-    assert "trained in 2 processes; resuming it in 1" in refused.stderr and "Traceback" not in refused.stderr
+    # 3 processes cannot share 2 micro-batches per step: refused before anything starts
+    refused = cli("train", "--resume", str(killed.path), "--nproc", "3")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "2 micro-batches per step, which 3 processes cannot share evenly" in refused.stderr
     assert f"--resume {killed.path} --nproc 2" in refused.stderr
 
+    copy = root / "runs/killed-resumed-in-one"
+    shutil.copytree(killed.path, copy)
     resumed = cli("train", "--resume", str(killed.path), "--nproc", "2")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert killed.is_complete
     assert_same_training(killed, runs["two"])
+
+    # DDP's checkpoint is whole: one process resumes it with accumulation 2, the same rows in every step
+    one = cli("train", "--resume", str(copy))
+    assert one.returncode == 0, one.stderr[-4000:]
+    assert RunDir(copy).read_status()["resumed_grad_accum"] == 2
+    assert_same_training(RunDir(copy), runs["two"])
 
 
 # -- refused before anything starts ---------------------------------------------------------------
