@@ -526,13 +526,15 @@ def _check_distributed(cfg: _RunConfigBase, where: _Where, world_size: int | Non
 
     current = distributed.world()
     size = current.size if world_size is None else world_size
-    if size <= 1:
+    launched = current.launched or world_size is not None  # a count given: the launcher is about to start them
+    if size <= 1 and not launched:
         return
     import torch
 
     found = distributed.problems(cfg.distributed, world_size=size, method=METHODS[cfg.method],
                                  stage=STAGES[cfg.task], gpus=torch.cuda.device_count(),
-                                 local_size=current.local_size if local_size is None else local_size)  # fmt: skip
+                                 local_size=current.local_size if local_size is None else local_size,
+                                 launched=launched)  # fmt: skip
     distributed.raise_problems(found, where)
     if cfg.distributed.strategy == "deepspeed":
         try:

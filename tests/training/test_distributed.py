@@ -278,20 +278,22 @@ def test_this_process_s_place_comes_from_torchrun_s_environment(monkeypatch):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_zero_on_two_cpu_processes_trains_what_one_process_trains(runs, tiny_model, stage):
+@pytest.mark.parametrize(("stage", "nproc"), [(2, 2), (3, 2), (3, 1)])
+def test_deepspeed_zero_on_cpu_processes_trains_what_one_plain_process_trains(runs, tiny_model, stage, nproc):
     """ZeRO-2 shards the optimizer states and gradients, ZeRO-3 the weights too (rank 0 then gathers
-    them, loads them into a whole model and saves and evaluates that); the result is one process's,
-    to float rounding (DeepSpeed reduces in another order)."""
+    them, loads them into a whole model and saves and evaluates that); the result is one plain process's,
+    to float rounding (DeepSpeed reduces in another order). `--nproc 1` runs DeepSpeed in one process
+    (what a one-GPU machine does to offload), with accumulation 2 for the same rows per step."""
     pytest.importorskip("deepspeed")
     root = runs["root"]
-    cfg = config(root, tiny_model, runs["data"], f"zero{stage}", batch=2, accum=1)
+    name = f"zero{stage}-{nproc}"
+    cfg = config(root, tiny_model, runs["data"], name, batch=2, accum=2 // nproc)
     cfg["distributed"] = {"strategy": "deepspeed", "deepspeed": {"zero_stage": stage}}
-    path = root / f"zero{stage}.json"
+    path = root / f"{name}.json"
     path.write_text(json.dumps(cfg))
-    done = cli("train", str(path), "--nproc", "2", timeout=400)
+    done = cli("train", str(path), "--nproc", str(nproc), timeout=400)
     assert done.returncode == 0, done.stderr[-4000:]
-    run = RunDir(root / f"runs/zero{stage}")
+    run = RunDir(root / f"runs/{name}")
     assert run.is_complete
     assert any(p.name.startswith("global_step") for p in (run.checkpoints / "checkpoint-6").iterdir())  # DeepSpeed's own
     a, b = weights(run), weights(runs["one"])

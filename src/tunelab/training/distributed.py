@@ -73,6 +73,7 @@ class World:
     local_rank: int = 0
     size: int = 1
     local_size: int = 1
+    launched: bool = False  # started by torchrun / accelerate launch (even as a single process)
 
     @property
     def is_main(self) -> bool:
@@ -80,7 +81,9 @@ class World:
 
     @property
     def distributed(self) -> bool:
-        return self.size > 1
+        """Whether the `distributed:` strategy applies: several processes, or one a launcher started (so
+        `--nproc 1` runs DeepSpeed's offload or FSDP on a machine with one GPU)."""
+        return self.size > 1 or self.launched
 
 
 def world() -> World:
@@ -93,7 +96,7 @@ def world() -> World:
             return default
 
     return World(rank=number("RANK", 0), local_rank=number("LOCAL_RANK", 0), size=number("WORLD_SIZE", 1),
-                 local_size=number("LOCAL_WORLD_SIZE", 1))  # fmt: skip
+                 local_size=number("LOCAL_WORLD_SIZE", 1), launched="LOCAL_RANK" in env)  # fmt: skip
 
 
 def is_main_process() -> bool:
@@ -107,11 +110,12 @@ def backend(options: DistributedOptions, cuda: bool) -> str:
 
 
 def problems(options: DistributedOptions, *, world_size: int, method: Any, stage: Any,
-             gpus: int, local_size: int = 1) -> list[TunelabError]:  # fmt: skip
+             gpus: int, local_size: int = 1, launched: bool = False) -> list[TunelabError]:  # fmt: skip
     """Why this machine cannot run `options` with `world_size` processes (empty: it can). Checked
-    before the processes start (`tunelab train --nproc`) and again in each one, before any model loads."""
+    before the processes start (`tunelab train --nproc`) and again in each one, before any model loads.
+    One process is checked only when a launcher starts it (`launched`): otherwise the section is not used."""
     out: list[TunelabError] = []
-    if world_size <= 1:
+    if world_size <= 1 and not launched:
         return out
 
     def refuse(message: str, field: str, expected: str) -> None:
