@@ -31,6 +31,20 @@ def qa_rows(n: int = 48) -> list[dict[str, str]]:
     return rows
 
 
+def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """`tunelab ARGS` in this process: (exit code, stdout, stderr)."""
+    from tunelab import cli
+
+    capsys.readouterr()
+    try:
+        cli.main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def _corpus() -> list[str]:
     lines = [f"{r['question']} {r['answer']}" for r in qa_rows(96)]
     lines += ["To be, or not to be, that is the question.", "All the world's a stage."] * 4

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import qa_rows
-from tunelab import cli
+from conftest import run_cli as cli_output
 from tunelab.models.registry import BUILTIN_MODELS
 
 HEAD = "name: t\noutput_dir: {tmp}/runs\nmodel: {tiny}\n"  # lines 1-3
@@ -459,14 +459,8 @@ def _write(tmp: Path, files: dict, tiny: Path, bert: Path) -> None:
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
     """`tunelab ARGS` in this process: (exit code, stdout + stderr)."""
-    capsys.readouterr()
-    try:
-        cli.main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
+    code, out, err = cli_output(args, capsys)
+    return code, out + err
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

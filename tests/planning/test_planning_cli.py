@@ -8,18 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab import cli
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        cli.main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from conftest import run_cli
 
 
 def write_config(tmp_path: Path, model: Path | str, method: str = "lora", extra: str = "") -> Path:

@@ -140,8 +140,8 @@ def problems(options: DistributedOptions, *, world_size: int, method: Any, stage
             refuse(f"QLoRA's 4-bit weights (bitsandbytes) are not sharded by {options.strategy} here",
                    "strategy", "ddp (each process holds the 4-bit model: it is small), or method lora")  # fmt: skip
         if options.strategy == "fsdp" and gpus == 0:
-            refuse("FSDP on CPUs (gloo) is not supported by tunelab: the Trainer's FSDP setup moves the model to "
-                   "a GPU", "strategy", "ddp on CPUs; fsdp on a machine with GPUs")  # fmt: skip
+            refuse("FSDP on CPUs (gloo) is not supported: accelerate enables FSDP on GPUs only, and on CPUs would "
+                   "train plain DDP without a word", "strategy", "ddp on CPUs; fsdp on a machine with GPUs")  # fmt: skip
     return out
 
 
