@@ -34,16 +34,23 @@ def logits_and_grads(model, batch):
     return out.logits.detach(), grads
 
 
-def test_per_row_attention_equals_block_mask_in_logits_and_gradients(model_and_tok, monkeypatch):
+@pytest.mark.parametrize("path", ["row by row", "batched"])
+def test_packed_attention_equals_block_mask_in_logits_and_gradients(model_and_tok, monkeypatch, path):
     model, tok = model_and_tok
     batch = make_collator(tok, padding_free=True)(rows())
-    ref_logits, ref_grads = logits_and_grads(model, batch)
-    cuts = []
+    ref_logits, ref_grads = logits_and_grads(model, batch)  # transformers' own block mask
+    cuts, batched_calls = [], []
     monkeypatch.setattr(packed_attention_module, "_segments", lambda pos: cuts.append(real_segments(pos)) or cuts[-1])
+    monkeypatch.setattr(packed_attention_module, "BATCHED_SCORES_LIMIT", 2**22 if path == "batched" else 0)
+    real_batched = packed_attention_module._batched_attention
+    monkeypatch.setattr(packed_attention_module, "_batched_attention",
+                        lambda *a: batched_calls.append(1) or real_batched(*a))  # fmt: skip
     with packed_attention(model) as used:
         assert used and model.config._attn_implementation == NAME
         logits, grads = logits_and_grads(model, batch)
-    assert cuts and cuts[0] == [(0, 6), (6, 10), (10, 11), (11, 16)]  # the per-row path ran, once per layer
+    # the rows were found once per forward, and every layer took the path asked for
+    assert cuts == [[(0, 6), (6, 10), (10, 11), (11, 16)]]
+    assert len(batched_calls) == (model.config.num_hidden_layers if path == "batched" else 0)
     assert model.config._attn_implementation == "sdpa"  # restored
     torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
     assert grads.keys() == ref_grads.keys()
@@ -81,3 +88,51 @@ def test_peft_models_and_unsupported_models(model_and_tok, tiny_bert):
     assert not supports(encoder)
     with packed_attention(encoder) as used:
         assert not used
+
+
+def test_batched_attention_gradients_against_finite_differences():
+    """The hand-written backward (weights recomputed) against torch's numerical gradients, in float64,
+    with grouped queries (6 heads sharing 2 key/value heads) and rows of different lengths."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    lengths = [3, 5, 1, 4]
+    total = sum(lengths)
+    position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
+    q = torch.randn(1, 6, total, 4, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 2, total, 4, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 2, total, 4, dtype=torch.float64, requires_grad=True)
+    module = SimpleNamespace(num_key_value_groups=3, is_causal=True)
+
+    def attend(q, k, v):
+        packed_attention_module._LAST = None
+        out, _ = packed_attention_module.packed_sdpa_attention(module, q, k, v, None, position_ids=position_ids,
+                                                               scaling=0.5, dropout=0.0)  # fmt: skip
+        return out
+
+    assert torch.autograd.gradcheck(attend, (q, k, v))
+    # and the values equal plain attention of each row alone (its own keys, causal)
+    out, start = attend(q, k, v), 0
+    for n in lengths:
+        rows = slice(start, start + n)
+        expected = torch.nn.functional.scaled_dot_product_attention(
+            q[:, :, rows], k[:, :, rows].repeat_interleave(3, 1), v[:, :, rows].repeat_interleave(3, 1),
+            is_causal=True, scale=0.5)  # fmt: skip
+        torch.testing.assert_close(out[0, rows], expected[0].transpose(0, 1))
+        start += n
+
+
+def test_batched_attention_under_bf16_is_as_close_to_fp32_as_the_fused_kernel(model_and_tok, monkeypatch):
+    """Under CPU bf16 autocast neither path equals fp32; the batched one must not be further from it."""
+    model, tok = model_and_tok
+    batch = make_collator(tok, padding_free=True)(rows())
+    with packed_attention(model):
+        ref_logits, _ = logits_and_grads(model, batch)
+        errors = {}
+        for path, limit in (("row by row", 0), ("batched", 2**22)):
+            monkeypatch.setattr(packed_attention_module, "BATCHED_SCORES_LIMIT", limit)
+            packed_attention_module._LAST = None
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits, _ = logits_and_grads(model, batch)
+            errors[path] = float((logits.float() - ref_logits).abs().max())
+    assert errors["batched"] <= 1.5 * errors["row by row"] + 1e-3, errors

@@ -54,6 +54,9 @@ class Method:
     # (base model) -> base model: called once on the base a run will train, right after loading and
     # before anything runs it (e.g. QLoRA keeps bitsandbytes from repacking its weights for inference)
     prepare_for_training: Callable[[Any], Any] | None = None
+    # while training under autocast its frozen base linears may be held in the autocast dtype
+    # (`training.frozen_weights`): not DoRA, whose magnitude reads the base weight outside autocast
+    frozen_weights_in_half: bool = True
     # `training:` values that make this method learn, used where the config does not set them (a
     # prompt-tuning run needs a learning rate a hundred times LoRA's); shown by `tunelab validate`
     training_defaults: dict[str, Any] = field(default_factory=dict)
@@ -69,6 +72,12 @@ class Method:
     @property
     def sliced_logits(self) -> bool:
         return not self.virtual_tokens
+
+    @property
+    def holds_frozen_in_half(self) -> bool:
+        """Whether training holds the frozen base linears in the autocast dtype (`training.frozen_weights`);
+        not for a method that saves the whole model: its checkpoints would hold the rounded weights."""
+        return self.frozen_weights_in_half and not self.saves_whole_model
 
 
 def adaptable_layers(peft_kinds: tuple[str, ...]) -> tuple[type, ...]:

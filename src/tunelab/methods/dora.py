@@ -27,4 +27,5 @@ METHOD = Method(
     weights_dir="adapter",
     training_defaults={"lr": 5e-4},
     check_modules=check_modules,
+    frozen_weights_in_half=False,
 )

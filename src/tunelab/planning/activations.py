@@ -12,7 +12,8 @@ models of each family.
 What is followed: norms (RMSNorm: input, and the normalised input when its weight trains; LayerNorm:
 input), linear layers and their LoRA/DoRA/IA3 adapters, rotary embeddings, fused attention (queries,
 keys, values, output, log-sum-exp — never the s × s scores, except on a CPU with attention dropout,
-where torch falls back to the math kernel), activations (`gelu_new`, written in Python, keeps four
+where torch falls back to the math kernel; short packed rows in one padded batch: queries, keys,
+values and one mask), activations (`gelu_new`, written in Python, keeps four
 tensors), the gated product, dropout masks.
 """
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from tunelab.planning.architecture import Architecture
 from tunelab.planning.trainable import LinearPlan, Trainables
 from tunelab.planning.workload import Workload
+from tunelab.training.packed_attention import batched
 
 FP32 = 4
 # activations implemented as one torch op that keeps its input (or output); others keep more
@@ -43,6 +45,7 @@ class _Trace:
     saved: dict[str, float] = field(default_factory=dict)  # storage key → bytes per token
     weight_copies: float = 0.0  # bytes per step: low-precision weight copies kept for backward
     per_row: float = 0.0  # bytes per row (s × s attention scores of the math kernel)
+    mask_per_row: float = 0.0  # bytes per row, once per micro-batch: the batched packed attention's mask
     counter: int = 0
 
     def new(self, elems: float, nbytes: int, rg: bool, name: str = "t") -> _T:
@@ -211,8 +214,13 @@ class _Block:
             return self.t.new(arch.attn_dim, self.cb, True, name + ".merged")
         for x in (q, k, v):
             self.t.keep(self._cast(x, name + ".in"))
-        self.t.keep(self.t.new(arch.attn_dim, self.cb, True, name + ".out"))
-        self.t.keep_bytes(name + ".lse", FP32 * arch.heads)
+        if w.packed and batched(w.rows, kv_len, arch.heads):
+            # short packed rows attend as one padded batch (`training.packed_attention`): q, k and v padded
+            # (the worst case has no padding), the backward recomputes the rest; one mask per micro-batch
+            self.t.mask_per_row = FP32 * self.seq * kv_len
+        else:
+            self.t.keep(self.t.new(arch.attn_dim, self.cb, True, name + ".out"))
+            self.t.keep_bytes(name + ".lse", FP32 * arch.heads)
         # sdpa's output, made contiguous as (tokens, heads·head_dim) for the output projection
         return self.t.new(arch.attn_dim, self.cb, True, name + ".merged")
 
@@ -310,6 +318,7 @@ def activations(arch: Architecture, tr: Trainables, w: Workload, *, lora_dropout
     x = _Block(arch, w, {}, top, norms_train=set(), prefix=False, lora_dropout=0).dropout(x, arch.hidden_dropout, "embd")
     per_layer: list[float] = []
     per_row = 0.0
+    mask_per_row = 0.0
     copies = 0.0
     recompute_block = recompute_copies = 0.0
     norms_by_layer = _trained_block_modules(arch, tr)
@@ -337,6 +346,7 @@ def activations(arch: Architecture, tr: Trainables, w: Workload, *, lora_dropout
             per_layer.append(trace.per_token)
             per_row += trace.per_row
         copies += trace.weight_copies
+        mask_per_row = max(mask_per_row, trace.mask_per_row)
     final = next((p for p in arch.top if p.kind == "norm"), None)
     head_trace = _Trace()
     if final is not None:
@@ -362,7 +372,7 @@ def activations(arch: Architecture, tr: Trainables, w: Workload, *, lora_dropout
         per_token_by_layer=per_layer, per_token_top=top.per_token, per_logit_position=per_logit, weight_copies=copies,
         tokens=tokens, logit_positions=logit_positions, checkpointed=w.gradient_checkpointing,
         recompute_block=recompute_block, recompute_weight_copies=recompute_copies,
-        math_attention=per_row * w.rows + encoder, notes=notes,
+        math_attention=(per_row + mask_per_row) * w.rows + encoder, notes=notes,
     )  # fmt: skip
 
 

@@ -151,7 +151,8 @@ def measure(cfg: Any, *, steps: int = MEASURE_STEPS, trained_fraction: float = 1
     from tunelab.progress import quiet_libraries
     from tunelab.stages.base import base_model_kwargs
     from tunelab.stages.registry import STAGES
-    from tunelab.training.device import choose_precision
+    from tunelab.training.device import autocast_dtype, choose_precision
+    from tunelab.training.frozen_weights import frozen_weights_in
     from tunelab.training.losses import LOSSES, loss_trainer
     from tunelab.training.packed_attention import packed_attention
     from tunelab.training.trainer import training_arguments
@@ -215,12 +216,17 @@ def measure(cfg: Any, *, steps: int = MEASURE_STEPS, trained_fraction: float = 1
         from contextlib import nullcontext
 
         tensor_bytes = None
+        def train() -> None:  # as `stages.common.fit` trains: frozen weights held in the autocast dtype
+            half = method.holds_frozen_in_half
+            with frozen_weights_in(model, autocast_dtype(precision)) if half else nullcontext():
+                trainer.train()
+
         with packed_attention(model) if packed else nullcontext():
             if tensors and not cuda:
-                tensor_bytes = tensor_peak(trainer.train, _storage_bytes(model))
+                tensor_bytes = tensor_peak(train, _storage_bytes(model))
                 how += "; live tensor bytes from torch's profiler (its buffers are in the RSS)"
             else:
-                trainer.train()
+                train()
         seconds = time.perf_counter() - start
         if cuda:
             torch.cuda.synchronize()

@@ -158,7 +158,8 @@ def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict],
 
     from transformers import EarlyStoppingCallback
 
-    from tunelab.training.device import peak_memory_gib
+    from tunelab.training.device import autocast_dtype, peak_memory_gib
+    from tunelab.training.frozen_weights import frozen_weights_in
     from tunelab.training.losses import LOSSES, loss_trainer
     from tunelab.training.packed_attention import packed_attention
     from tunelab.training.trainer import (
@@ -213,7 +214,13 @@ def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict],
     if build_trainer is None and LOSSES[stage.loss].per_batch_mean:
         # per-batch-mean losses: let Trainer divide them across accumulation steps
         trainer.model_accepts_loss_kwargs = False
-    with packed_attention(model) if packed else nullcontext(), disk_full_message(ctx.run.path):
+    # tunelab's own Trainer runs every forward under autocast (a TRL trainer may generate outside it);
+    # FSDP and DeepSpeed flatten and cast the weights themselves
+    sharded = ctx.world.distributed and ctx.cfg.distributed.strategy != "ddp"
+    half = method.holds_frozen_in_half and build_trainer is None and not sharded
+    with (packed_attention(model) if packed else nullcontext(),
+          frozen_weights_in(model, autocast_dtype(ctx.precision)) if half else nullcontext(),
+          disk_full_message(ctx.run.path)):  # fmt: skip
         if checkpoint is not None and training_finished(checkpoint):
             # killed after the last step (during the final evaluation or the report): the Trainer
             # would train one step more than asked, so load the finished weights instead

@@ -27,6 +27,13 @@ def choose_precision(requested: str) -> str:
     return "bf16" if cpu_supports_bf16() else "fp32"
 
 
+def autocast_dtype(precision: str) -> object:
+    """The torch dtype autocast computes in for a chosen precision (None: fp32, no autocast)."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
 def peak_memory_gib() -> float:
     """Peak resident memory of this process (ru_maxrss is KiB on Linux)."""
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
