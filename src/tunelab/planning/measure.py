@@ -216,9 +216,10 @@ def measure(cfg: Any, *, steps: int = MEASURE_STEPS, trained_fraction: float = 1
         from contextlib import nullcontext
 
         tensor_bytes = None
+        held = autocast_dtype(precision) if method.holds_frozen_in_half else None
+
         def train() -> None:  # as `stages.common.fit` trains: frozen weights held in the autocast dtype
-            half = method.holds_frozen_in_half
-            with frozen_weights_in(model, autocast_dtype(precision)) if half else nullcontext():
+            with frozen_weights_in(model, held):
                 trainer.train()
 
         with packed_attention(model) if packed else nullcontext():

@@ -218,9 +218,9 @@ def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict],
     # FSDP and DeepSpeed flatten and cast the weights themselves
     sharded = ctx.world.distributed and ctx.cfg.distributed.strategy != "ddp"
     half = method.holds_frozen_in_half and build_trainer is None and not sharded
-    with (packed_attention(model) if packed else nullcontext(),
-          frozen_weights_in(model, autocast_dtype(ctx.precision)) if half else nullcontext(),
-          disk_full_message(ctx.run.path)):  # fmt: skip
+    held = autocast_dtype(ctx.precision) if half else None  # None: nothing held
+    with packed_attention(model) if packed else nullcontext(), frozen_weights_in(model, held), \
+            disk_full_message(ctx.run.path):
         if checkpoint is not None and training_finished(checkpoint):
             # killed after the last step (during the final evaluation or the report): the Trainer
             # would train one step more than asked, so load the finished weights instead

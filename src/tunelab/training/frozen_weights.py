@@ -45,7 +45,8 @@ def _held_layers(model: Any) -> tuple[list[Any], list[Any]]:
 
 @contextmanager
 def frozen_weights_in(model: Any, dtype: Any) -> Iterator[int]:
-    """While inside, `model`'s frozen linear weights are `dtype`; yields how many layers are held so."""
+    """While inside, `model`'s frozen linear weights are `dtype` (bf16 or fp16; anything else, None
+    included, holds nothing); yields how many layers are held so."""
     import torch
 
     layers, tied = _held_layers(model) if dtype in (torch.bfloat16, torch.float16) else ([], [])

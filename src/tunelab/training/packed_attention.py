@@ -9,7 +9,7 @@ kernel. Here the packed sequence is cut where `position_ids` restart, two ways:
   query heads that share a key/value head stacked instead of the keys repeated. On a CPU the fused
   kernel's backward costs ~1.5 ms per call whatever the row's length, so for rows of tens of tokens
   this is ~2× faster per layer. Like the fused kernel it keeps no scores for the backward (they are
-  recomputed there): only the padded queries, keys and values, and one mask per forward;
+  recomputed there): only the queries, keys and values, and one mask per forward;
 - longer rows (and attention dropout): each row runs sdpa with `is_causal=True` on its own.
 
 Both give the packed rows' attention (tested against the block mask), with work Σ rowᵢ² or
@@ -252,9 +252,11 @@ def packed_attention(model: Any) -> Iterator[bool]:
     if not supports(model):
         yield False
         return
+    global _LAST
     register()
     model.set_attn_implementation(NAME)
     try:
         yield True
     finally:
         model.set_attn_implementation("sdpa")
+        _LAST = None  # nothing of the last batch outlives training
