@@ -144,7 +144,10 @@ class EvaluationSection(Section):
     enabled: bool = True
     compare_base: bool = Field(True, description="also evaluate the base model on the same held-out rows")
     max_new_tokens: int = Field(64, gt=0)
-    batch_size: int = Field(16, gt=0)
+    batch_size: int = Field(16, gt=0, description="rows per forward when scoring (perplexity, classes, rewards)")
+    generation_batch_size: int = Field(
+        128, gt=0, description="prompts decoded together (fewer where their KV cache would not fit)"
+    )
     max_examples: int | None = Field(None, gt=0, description="evaluate on at most N held-out rows")
     samples_in_report: int = Field(20, ge=0)
 

@@ -69,7 +69,7 @@ def test_rows_leave_the_batch_when_done(model_and_prompts, monkeypatch) -> None:
     def forward(*args, **kwargs):
         out = real_forward(*args, **kwargs)
         calls.append(kwargs["input_ids"].shape[0])
-        if len(calls) == 3:  # third forward: the first row of the batch says EOS
+        if len(calls) == 4:  # third forward after the shared prefix's: the first row of the batch says EOS
             logits = out.logits.clone()
             logits[0, -1, :] = -1e9
             logits[0, -1, eos] = 0
@@ -80,11 +80,19 @@ def test_rows_leave_the_batch_when_done(model_and_prompts, monkeypatch) -> None:
     batch = prompts[:4]
     rows = [D.Sequence(p, D.SamplingOptions(max_new_tokens=6)) for p in batch]
     assert D.supports_shrinking(plain)
+    assert D.common_prefix_length(batch) >= D._MIN_SHARED_PREFIX  # "What colour is the": run once, for all rows
     D.decode(plain, tok, rows, batch_size=4)
     first = max(range(4), key=lambda i: len(batch[i]))  # the decoder orders rows longest first
     assert rows[first].finish_reason == "stop" and len(rows[first].token_ids) == 2
     assert all(r.finish_reason == "length" and len(r.token_ids) == 6 for i, r in enumerate(rows) if i != first)
-    assert calls[:3] == [4, 4, 4] and calls[3:] == [3, 3, 3], calls  # the finished row left the batch
+    # the shared prefix (one row), the rest of the prompts, two steps; then the finished row left the batch
+    assert calls == [1, 4, 4, 4, 3, 3, 3], calls
+
+
+def test_common_prefix_length() -> None:
+    assert D.common_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
+    assert D.common_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 3
+    assert D.common_prefix_length([[7, 2], [1, 2]]) == 0
 
 
 def test_rows_ride_along_where_cpu_batches_are_cheaper() -> None:

@@ -85,13 +85,13 @@ def compare(
     first_run, first_cfg = run_config(runs[0])
     evaluation = first_cfg.evaluation
     max_new_tokens = max_new_tokens or evaluation.max_new_tokens
-    batch_size = batch_size or evaluation.batch_size
     rows = (
         file_data(data, runs[0], max_examples=max_examples)
         if data is not None
         else held_out_data(runs[0], max_examples=max_examples)
     )
     generative = rows.kind != "text"
+    batch_size = batch_size or (evaluation.generation_batch_size if rows.kind == "generation" else evaluation.batch_size)
     if rows.kind == "generation" and metric not in PER_EXAMPLE:
         raise TunelabError(f"unknown metric {metric!r}", field="--metric", expected=f"one of {', '.join(PER_EXAMPLE)}")
     names = [n for n, _ in named]

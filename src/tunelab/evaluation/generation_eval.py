@@ -25,7 +25,7 @@ def evaluate_generation(model: Any, tokenizer: Any, fmt: Any, examples: list, op
         tokenizer,
         prompts,
         max_new_tokens=options.max_new_tokens,
-        batch_size=options.batch_size,
+        batch_size=options.generation_batch_size,
         description=f"evaluate {label}",
     )
     seconds = time.time() - started

@@ -6,7 +6,9 @@ a token limit, stop strings — and may stream: `on_text` receives each new piec
 it is complete UTF-8 (held back while it could still become a stop string).
 
 Rows are decoded longest prompt first in batches of `batch_size` (little padding, memory peaks
-early). For models whose forward takes ``position_ids``, a KV cache that can drop rows and
+early), fewer where their KV cache would pass a budget (`CPU_KV_CACHE_BUDGET`, or half the free GPU
+memory). On a CPU, decoding is bound by reading the weights: 128 rows per step cost little more than
+16, so evaluation decodes many rows at once (`evaluation.generation_batch_size`). For models whose forward takes ``position_ids``, a KV cache that can drop rows and
 ``logits_to_keep``, decoding is one loop that removes a row from the batch (and the cache) once it
 is done, so a batch no longer runs every row until its longest answer ends. Models that prepend
 virtual tokens (peft prompt learning) manage their own cache inside ``model.generate``; they decode
@@ -97,8 +99,12 @@ def decode(model: Any, tokenizer: Any, rows: list[Sequence], *, batch_size: int 
     model.eval()
     try:
         with progress_bar(description if show_progress else None, len(rows)) as advance:
-            for start in range(0, len(order), batch_size):
-                batch = [rows[i] for i in order[start : start + batch_size]]
+            start = 0
+            while start < len(order):
+                # longest first: the batch's first row is its widest
+                n = _rows_that_fit(model, rows[order[start]], batch_size) if shrinking else batch_size
+                batch = [rows[i] for i in order[start : start + n]]
+                start += n
                 for row in batch:
                     _prepare(row)
                 live = [r for r in batch if r.finish_reason is None]
@@ -136,6 +142,41 @@ def context_length(model: Any) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+# The KV cache a batch may fill on a CPU; on a GPU, half of the memory free when the batch starts.
+CPU_KV_CACHE_BUDGET = 2**30
+
+
+def kv_bytes_per_token(model: Any) -> int | None:
+    """Bytes of KV cache one token takes in every layer, from the model's config (None: unknown)."""
+    config = getattr(model, "config", None)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layers, heads = getattr(config, "num_hidden_layers", None), getattr(config, "num_attention_heads", None)
+    hidden = getattr(config, "hidden_size", None)
+    if not (isinstance(layers, int) and isinstance(heads, int) and isinstance(hidden, int)) or heads <= 0:
+        return None
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    dtype = next(model.parameters()).dtype
+    element = dtype.itemsize if dtype.is_floating_point else 2  # quantized weights: the cache is in compute dtype
+    return 2 * layers * kv_heads * head_dim * element
+
+
+def _rows_that_fit(model: Any, widest: Sequence, batch_size: int) -> int:
+    """`batch_size` rows, or fewer where their KV cache (prompt + new tokens, each as wide as `widest`)
+    would pass the budget; at least one."""
+    per_token = kv_bytes_per_token(model)
+    if per_token is None:
+        return batch_size
+    device = next(model.parameters()).device
+    budget = CPU_KV_CACHE_BUDGET
+    if device.type == "cuda":
+        import torch
+
+        budget = torch.cuda.mem_get_info(device)[0] // 2
+    tokens = len(widest.prompt_ids) + widest.options.max_new_tokens
+    return max(1, min(batch_size, budget // (per_token * tokens)))
 
 
 def supports_shrinking(model: Any) -> bool:
@@ -276,6 +317,57 @@ def _pad_id(tokenizer: Any, eos: set[int]) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
 
 
+# A shared prefix shorter than this is not worth its own forward.
+_MIN_SHARED_PREFIX = 4
+
+
+def common_prefix_length(seqs: list[list[int]]) -> int:
+    """How many leading tokens every sequence has in common."""
+    shortest = min(len(s) for s in seqs)
+    n = 0
+    while n < shortest and all(s[n] == seqs[0][n] for s in seqs):
+        n += 1
+    return n
+
+
+def _prefill(model: Any, rows: list[Sequence], pad: int, device: Any) -> tuple[Any, Any, Any]:
+    """Run the prompts through the model into a KV cache with room for every new token; returns the
+    output (last-position logits and the cache), the attention mask and each row's next position.
+
+    Rows that start alike (a chat template's system prompt) share that prefix: it runs once, its cache
+    is copied to every row, and only the rest of each prompt runs as the left-padded batch — the padding
+    then sits between the prefix and the rest, masked like any padding."""
+    import torch
+
+    from tunelab.inference.kv_cache import reserved_cache
+
+    seqs = [r.prompt_ids + r.token_ids for r in rows]  # token_ids: what a resumed row already has
+    # at least one token of each row runs in the batch, to give its next-token logits
+    shared = min(common_prefix_length(seqs), min(len(s) for s in seqs) - 1) if len(rows) > 1 else 0
+    if shared < _MIN_SHARED_PREFIX:
+        shared = 0
+    rest = [s[shared:] for s in seqs]
+    width = max(len(s) for s in rest)
+    cache = reserved_cache(model, width + max(r.options.max_new_tokens for r in rows))
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), shared + width), dtype=torch.long)
+    mask[:, :shared] = 1
+    for i, s in enumerate(rest):
+        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[i, shared + width - len(s) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = mask.cumsum(-1)[:, shared:] - 1
+    positions.masked_fill_(mask[:, shared:] == 0, 1)
+    if shared:
+        prefix = torch.tensor([seqs[0][:shared]], dtype=torch.long, device=device)
+        model(input_ids=prefix, position_ids=torch.arange(shared, device=device)[None], past_key_values=cache,
+              use_cache=True, logits_to_keep=1)  # fmt: skip
+        cache.batch_repeat_interleave(len(rows))
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+                logits_to_keep=1)  # fmt: skip
+    return out, mask, positions[:, -1:] + 1
+
+
 def _decode_shrinking(model: Any, tokenizer: Any, rows: list[Sequence], eos: set[int]) -> None:
     """Left-padded batch, KV cache; finished rows leave the batch (and the cache). Position ids follow
     the attention mask, as `generate` computes them for left padding."""
@@ -284,14 +376,10 @@ def _decode_shrinking(model: Any, tokenizer: Any, rows: list[Sequence], eos: set
     if not rows:
         return
     device = next(model.parameters()).device
-    ids, mask = _left_padded(rows, _pad_id(tokenizer, eos), device)
-    positions = mask.long().cumsum(-1) - 1
-    positions.masked_fill_(mask == 0, 1)
     slots: list[Sequence | None] = list(rows)  # batch row → its sequence (None: finished, riding along)
     with torch.inference_mode():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        out, mask, next_pos = _prefill(model, rows, _pad_id(tokenizer, eos), device)
         cache = out.past_key_values
-        next_pos = positions[:, -1:] + 1
         if not hasattr(cache, "batch_select_indices"):
             raise RuntimeError("the model's KV cache cannot drop rows")
         for _ in range(max(r.options.max_new_tokens for r in rows)):

@@ -37,10 +37,15 @@ def sequence_nll(
 
 
 def _batch_nll(model: Any, rows: list[dict], width: int, pad: int, device: Any) -> list[tuple[float, int]]:
-    """(Σ nll, scored tokens) of each row of one right-padded batch."""
+    """(Σ nll, scored tokens) of each row of one right-padded batch.
+
+    Where the model takes a KV cache and `logits_to_keep`, two things the answer does not depend on are
+    skipped: the tokens every row starts with (a chat template's system prompt) run once, as a cache the
+    rows share, and the LM head runs only from the first position that predicts a scored token."""
     import torch
 
     from tunelab.data.templates import IGNORE_INDEX
+    from tunelab.inference.decoding import common_prefix_length, supports_shrinking
 
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -50,12 +55,33 @@ def _batch_nll(model: Any, rows: list[dict], width: int, pad: int, device: Any) 
         ids[r, :n] = torch.tensor(row["input_ids"], dtype=torch.long)
         mask[r, :n] = 1
         labels[r, :n] = torch.tensor(row["labels"], dtype=torch.long)
+    ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+    scored = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero()
+    if scored.numel() == 0:
+        return [(0.0, 0)] * len(rows)
     with torch.inference_mode():
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-    logits = logits[:, -width:]  # prompt-learning adapters prepend virtual-token positions
-    target = labels[:, 1:].to(device)
+        if supports_shrinking(model):
+            first = int(scored[0])  # the first position whose logits predict a scored token
+            shared = min(common_prefix_length([row["input_ids"] for row in rows]), first)
+            cache = None
+            if shared:
+                from transformers import DynamicCache
+
+                cache = DynamicCache(config=model.config)
+                model(input_ids=ids[:1, :shared], position_ids=torch.arange(shared, device=device)[None],
+                      past_key_values=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
+                cache.batch_repeat_interleave(len(rows))
+            positions = torch.arange(shared, width, device=device).expand(len(rows), -1)
+            logits = model(input_ids=ids[:, shared:], attention_mask=mask, position_ids=positions,
+                           past_key_values=cache, use_cache=cache is not None, logits_to_keep=width - first).logits
+        else:
+            first = 0
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            logits = logits[:, -width:]  # prompt-learning adapters prepend virtual-token positions
+    target = labels[:, first + 1 :]
     token_nll = torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX,
+        reduction="none",
     ).view(target.shape)
     nll, counts = token_nll.sum(dim=1), (target != IGNORE_INDEX).sum(dim=1)
     return [(float(nll[r]), int(counts[r])) for r in range(len(rows))]

@@ -22,7 +22,7 @@ def answers(model: Any, ctx: Context, fmt: PromptFormat, examples: list, label: 
     ev = ctx.cfg.evaluation
     prompts = [fmt.prompt_ids(ex, ctx.tokenizer) for ex in examples]
     rows = [Sequence(list(p), SamplingOptions(max_new_tokens=ev.max_new_tokens)) for p in prompts]
-    decode(model, ctx.tokenizer, rows, batch_size=ev.batch_size, description=f"answer {label}", show_progress=True)
+    decode(model, ctx.tokenizer, rows, batch_size=ev.generation_batch_size, description=f"answer {label}", show_progress=True)
     return {"prompts": prompts, "texts": [r.text.strip() for r in rows], "ids": [list(r.token_ids) for r in rows]}
 
 
