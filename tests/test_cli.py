@@ -93,6 +93,19 @@ def test_train_and_generate_end_to_end(tmp_path, tiny_model, qa_file):
     assert res.returncode == 2 and "already exists" in res.stderr
 
 
+def test_train_from_set_options_alone(tmp_path, tiny_model, qa_file):
+    """No CONFIG: every key but data.train has a default, so --set options are a whole config."""
+    sets = [f"data.train={qa_file}", f"model={tiny_model}", f"output_dir={tmp_path / 'runs'}", "training.max_steps=2",
+            "training.batch_size=4", "evaluation.max_new_tokens=4", "evaluation.compare_base=false"]  # fmt: skip
+    res = run("train", *[a for s in sets for a in ("--set", s)])
+    assert res.returncode == 0, res.stderr
+    run_dir = tmp_path / "runs" / "run"  # the default name
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
+    import yaml
+
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["train"] == str(qa_file)
+
+
 @pytest.mark.parametrize("args", [["generate", "/nonexistent/run", "--prompt", "x"], ["train"]])
 def test_bad_run_dir_or_missing_args(args):
     res = run(*args)
@@ -110,3 +123,21 @@ def test_validate_shows_the_method_default_learning_rate(tmp_path):
 
     assert yaml.safe_load(res.stdout)["training"]["lr"] == lr
     assert f"training.lr = {lr:g}: method prompt's default" in res.stderr
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_library_notices_only_with_debug(debug):
+    """bitsandbytes logs "Failed to load CPU gemm_4bit_forward …" while it is imported, before any command
+    has run: the CLI silences library loggers first, and --debug lets them through."""
+    code = (f"from tunelab.cli import _quiet_libraries; _quiet_libraries({debug}); import logging; "
+            "logging.getLogger('bitsandbytes.backends.cpu.ops').warning('Failed to load CPU gemm_4bit_forward')")
+    env = {k: v for k, v in os.environ.items() if k != "TUNELAB_DEBUG"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert ("gemm_4bit_forward" in res.stderr) == debug
+
+
+def test_help_shows_flags_without_a_type():
+    res = run("train", "--help")
+    assert res.returncode == 0
+    assert "<bool>" not in res.stdout and "--overwrite" in res.stdout and "KEY=VALUE" in res.stdout

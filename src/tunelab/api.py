@@ -37,7 +37,7 @@ class TrainResult:
 
 
 def train(
-    config: RunConfig | str | Path | dict,
+    config: RunConfig | str | Path | dict | None,
     *,
     overrides: list[str] | None = None,
     overwrite: bool = False,
@@ -219,12 +219,11 @@ def launch(config: str | Path | None = None, *, resume: str | Path | None = None
         cfg = _resume_world(run, cfg, size)
         args = ["--resume", str(resume)]
     else:
-        if config is None:
-            raise TunelabError("give a CONFIG file or --resume RUN_DIR", expected="tunelab train CONFIG --nproc N")
         cfg = resolve_config(config, overrides)
         if node_rank == 0:  # the folder is node 0's to check; another node may see it made already
             _replaces_existing(RunDir(cfg.run_dir), overwrite)
-        args = [str(config), *[a for o in overrides or [] for a in ("--set", o)], *(["--overwrite"] * overwrite)]
+        args = [*([str(config)] if config is not None else []), *[a for o in overrides or [] for a in ("--set", o)],
+                *(["--overwrite"] * overwrite)]  # fmt: skip
     check_before_loading(cfg, output_dir=resume is None, world_size=size, local_size=nproc)
     check_for_training(cfg, task_shapes=STAGES[cfg.task].shapes).raise_for_errors()
     command = torchrun_command(args, nproc=nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr,

@@ -12,6 +12,16 @@ from rich.table import Table
 
 from tunelab.errors import TunelabError
 
+
+def _flags_without_type() -> None:
+    """typer ≥ 0.2x prints a type beside every option, flags too (`--debug <bool>`); a flag takes no value."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else shown(self, ctx)
+
+
+_flags_without_type()
 app = typer.Typer(
     help="Fine-tune language models end to end: data → train → evaluate → use. Offline, CPU or GPU.",
     no_args_is_help=True,
@@ -32,15 +42,18 @@ def _global(debug: bool = typer.Option(False, "--debug", help="show full traceba
 
 
 def _quiet_libraries(debug: bool) -> None:
+    from tunelab.progress import quiet_loggers
+
     if debug:
         os.environ["TUNELAB_DEBUG"] = "1"
+    quiet_loggers()
 
 
 @app.command()
 def train(
-    config: Path = typer.Argument(None, help="run config (YAML)"),
+    config: Path = typer.Argument(None, help="run config (YAML); without one, --set data.train=FILE and defaults"),
     resume: Path = typer.Option(None, "--resume", help="continue an unfinished run from its last checkpoint"),
-    set_: list[str] = typer.Option(None, "--set", help="override a config key: --set training.lr=1e-4"),
+    set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE", help="override a config key: --set training.lr=1e-4"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory of the same name"),
     nproc: int = typer.Option(None, "--nproc", help="train in N processes on this machine (torchrun; one per GPU)"),
     nnodes: int = typer.Option(1, "--nnodes", help="machines training together (start the same command on each)"),
@@ -52,6 +65,9 @@ def train(
     --nnodes on several machines (the `distributed:` section picks DDP, FSDP or DeepSpeed)."""
     from tunelab import api
 
+    if config is None and resume is None and not set_:
+        raise TunelabError("give a CONFIG file, --set data.train=FILE (every other key has a default) or --resume RUN_DIR",
+                           expected="tunelab train CONFIG")  # fmt: skip
     if nproc is not None or nnodes > 1:
         code = api.launch(config, resume=resume, nproc=1 if nproc is None else nproc, nnodes=nnodes, node_rank=node_rank,
                           master_addr=master_addr, master_port=master_port, overrides=set_, overwrite=overwrite)  # fmt: skip
@@ -60,8 +76,6 @@ def train(
         return
     if resume is not None:
         result = api.resume(resume)
-    elif config is None:
-        raise TunelabError("give a CONFIG file or --resume RUN_DIR", expected="tunelab train CONFIG")
     else:
         result = api.train(config, overrides=set_, overwrite=overwrite)
     if not result.results:  # a process other than rank 0 of a run in several: rank 0 reports
@@ -137,7 +151,7 @@ def models() -> None:
 @app.command()
 def validate(
     config: Path = typer.Argument(..., help="run config (YAML)"),
-    set_: list[str] = typer.Option(None, "--set", help="override a config key"),
+    set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE", help="override a config key"),
 ) -> None:
     """Check a config without training (its data paths are not read: `tunelab data check CONFIG`), also
     against the model's config.json when the model is available here; print it resolved."""

@@ -465,6 +465,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
 def resolve_config(config: Any, overrides: list[str] | None = None) -> RunConfig:
     """A RunConfig from a YAML path, a mapping or a RunConfig, with `--set` overrides applied (a
     RunConfig keeps the folder its relative data paths resolve in)."""
+    if config is None:  # every key but data.train has a default: `--set data.train=FILE` is a whole config
+        return config_from_dict(parse_overrides(overrides), file="--set")
     if isinstance(config, str | Path):
         return load_config(config, overrides)
     if isinstance(config, dict):

@@ -72,21 +72,31 @@ def info(message: str) -> None:
         console.print(message)
 
 
+def quiet_loggers() -> None:
+    """The cheap part of `quiet_libraries` (imports nothing), for the CLI to do before any command runs:
+    a library's import-time notices (bitsandbytes' "Failed to load CPU gemm_4bit_forward …") then stay
+    out of sight unless --debug."""
+    if os.environ.get("TUNELAB_DEBUG", "") not in ("", "0"):
+        return
+    import logging
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ORPO and CPO live in trl.experimental
+    for name in ("transformers", "peft", "accelerate", "bitsandbytes", "torch", "datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def quiet_libraries() -> None:
     """Keep library chatter (deprecations, optional-kernel notices, weight-loading bars) out of the
     user's terminal; TUNELAB_DEBUG=1 (the CLI's --debug) shows everything."""
     if os.environ.get("TUNELAB_DEBUG", "") not in ("", "0"):
         return
-    import logging
     import warnings
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ORPO and CPO live in trl.experimental
+    quiet_loggers()
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|transformers|peft|accelerate)\b.*")
-    for name in ("transformers", "peft", "accelerate", "bitsandbytes", "torch", "datasets"):
-        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         from transformers.utils import logging as hf_logging
 

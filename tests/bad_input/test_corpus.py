@@ -397,7 +397,9 @@ command("flag_template", ("data", "check", "{tmp}/qa.jsonl", "--template", "{que
 command("flag_column_without_equals", ("data", "check", "{tmp}/qa.jsonl", "--column", "question"), "bad --column",
         file=None)  # fmt: skip
 command("flag_unknown_option", ("train", "--no-such-flag"), "No such option", file=None)
-command("train_without_config", ("train",), "give a CONFIG file or --resume RUN_DIR", file=None)
+command("train_without_config", ("train",), "give a CONFIG file, --set data.train=FILE", file=None)
+command("train_set_only_missing_data", ("train", "--set", "data.train={tmp}/missing.jsonl"), "file not found",
+        file="missing.jsonl")  # fmt: skip
 command("data_check_nul_argument", ("data", "check", "{tmp}/a\0b.jsonl"), "contains a NUL character", file="a")
 command("data_check_missing", ("data", "check", "{tmp}/missing.jsonl"), "file not found", file="missing.jsonl")
 command("resume_not_a_run", ("train", "--resume", "{tmp}/nowhere"), "not a run directory", file="nowhere")

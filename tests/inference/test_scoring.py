@@ -47,8 +47,8 @@ def test_sequence_nll_equals_plain_forward(models, which: str) -> None:
     model = all_models[which]
     system = tok("You are a careful assistant. Answer briefly.")["input_ids"]  # every row starts with it
     rows = []
-    for i, (q, a) in enumerate([("Why is the sky blue?", "Light scatters."), ("Name a sea.", "The North Sea."),
-                                ("Two plus two?", "Four, of course, and always four."), ("Hi", "Hello")]):  # fmt: skip
+    for q, a in [("Why is the sky blue?", "Light scatters."), ("Name a sea.", "The North Sea."),
+                 ("Two plus two?", "Four, of course, and always four."), ("Hi", "Hello")]:  # fmt: skip
         prompt, answer = system + tok(q)["input_ids"], tok(a)["input_ids"]
         rows.append({"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer})
     # a row scored from its second token on: the shared prefix may not swallow a scored position

@@ -85,7 +85,7 @@ def _check_file_options(template: str | None, labels: str | None) -> None:
 def check(
     target: Path = typer.Argument(..., help="a data file (.jsonl/.json/.csv/.tsv/.parquet/.txt) or a run config (YAML)"),
     fmt: str = typer.Option("text", "--format", help="text, or json for machines"),
-    set_: list[str] = typer.Option(None, "--set", help="override a config key: --set data.max_length=512"),
+    set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE", help="override a config key: --set data.max_length=512"),
     column: list[str] = typer.Option(None, "--column", help="map a column (files only): --column Doctor=answer"),
     shape: str = typer.Option("auto", "--shape", help="row shape (files only; default: detect)"),
     task: str = typer.Option(None, "--task", help="check the shape fits this task (files only): sft, pretrain, …"),
@@ -146,7 +146,7 @@ def preview(
     config: Path = typer.Argument(..., help="run config (YAML)"),
     n: int = typer.Option(3, "--n", min=1, help="rows to show"),
     split: str = typer.Option("train", "--split", help="train, validation or test"),
-    set_: list[str] = typer.Option(None, "--set", help="override a config key"),
+    set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE", help="override a config key"),
     plain: bool = typer.Option(False, "--plain", help="mark trained text with [[ ]] instead of colour"),
     tokens: bool = typer.Option(False, "--tokens", help="also list every token: position, id, trained?, piece"),
 ) -> None:
@@ -166,7 +166,7 @@ def preview(
 def stats(
     config: Path = typer.Argument(..., help="run config (YAML)"),
     png: Path = typer.Option(None, "--png", help="histogram image (default: OUTPUT_DIR/NAME.token_lengths.png)"),
-    set_: list[str] = typer.Option(None, "--set", help="override a config key"),
+    set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE", help="override a config key"),
     fmt: str = typer.Option("text", "--format", help="text, or json"),
 ) -> None:
     """Rows per split, token-length histogram (terminal + PNG) and the max_length covering 95% / 99% of rows."""
@@ -188,7 +188,7 @@ def stats(
 def prepare(
     config: Path = typer.Argument(..., help="prepare config (YAML), or a data file with options from --set"),
     out: Path = typer.Option(..., "--out", help="folder for train.jsonl (validation.jsonl, test.jsonl) + prepare.json"),
-    set_: list[str] = typer.Option(None, "--set", help="override an option: --set first=1500 --set to=messages"),
+    set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE", help="override an option: --set first=1500 --set to=messages"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace prepared files already in --out"),
 ) -> None:
     """Select/rename columns, clean whitespace, strip a prefix, drop empty/duplicate rows, take N rows,

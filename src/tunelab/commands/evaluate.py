@@ -139,7 +139,7 @@ def compare_command(
 def cv_command(
     config: Path = typer.Argument(..., help="run config (YAML)"),
     folds: int = typer.Option(5, "--folds", "-k", min=2, help="number of folds K"),
-    set_: list[str] = typer.Option(None, "--set", help="override a config key: --set training.max_steps=50"),
+    set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE", help="override a config key: --set training.max_steps=50"),
     out: Path = typer.Option(None, "--out", help="output folder (default OUTPUT_DIR/NAME-cv)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing cross-validation folder"),
 ) -> None:

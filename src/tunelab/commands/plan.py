@@ -24,7 +24,7 @@ def _console() -> Any:
 
 def plan(
     config: Path = typer.Argument(..., help="run config (YAML)"),
-    set_: list[str] = typer.Option(None, "--set", help="override a config key: --set training.batch_size=16"),
+    set_: list[str] = typer.Option(None, "--set", metavar="KEY=VALUE", help="override a config key: --set training.batch_size=16"),
     measure: bool = typer.Option(False, "--measure", help="also train a few real steps and print the measured peak"),
     steps: int = typer.Option(3, "--steps", min=1, help="optimizer steps --measure trains"),
     mfu: float = typer.Option(0.4, "--mfu", help="model FLOPs utilisation assumed for GPU times (0–1)"),

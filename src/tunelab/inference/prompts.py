@@ -43,10 +43,16 @@ def prompt_ids(fmt: PromptFormat, tokenizer: Any, shape: str, text: str | None =
 
 
 def display_input(example: Example) -> str:
-    """What a person reads as a row's input in tables and reports: the last user message, else the
-    first non-empty field."""
-    msgs = example.messages or []
-    users = [m["content"] for m in msgs if m["role"] == "user"]
+    """What a person reads as a row's input in tables and reports: a single-turn row's user message;
+    a conversation, turn by turn ("user: …" / "assistant: …" lines, the answer being judged left out);
+    else the first non-empty field."""
+    msgs = list(example.messages or [])
+    if msgs and msgs[-1]["role"] == "assistant":
+        msgs = msgs[:-1]  # the reference answer
+    turns = [m for m in msgs if m["role"] != "system"]
+    if len(turns) > 1:
+        return "\n".join(f"{m['role']}: {m['content']}" for m in msgs)
+    users = [m["content"] for m in turns if m["role"] == "user"]
     if users:
         return users[-1]
     return next((str(v) for k, v in example.fields.items() if v), "")
