@@ -521,9 +521,38 @@ def check_before_loading(cfg: _RunConfigBase, *, output_dir: bool = True, model:
     if output_dir:
         _check_output_dir(cfg, where)
     notes += _check_init_from(cfg, where, strict=strict)
+    _check_optimizer(cfg, where)
     if model:
         notes += _check_model(cfg, where, strict=strict)
     return notes
+
+
+def _check_optimizer(cfg: _RunConfigBase, where: _Where) -> None:
+    """An optimizer whose package is missing or whose hardware is absent (apex, torch_xla, NPUs, GaLore,
+    schedule-free, torchao's 4/8-bit AdamW, …) is refused now, with transformers' own reason, instead
+    of after the model has loaded."""
+    name = cfg.training.optimizer
+    if name in ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd"):  # torch or transformers itself
+        return
+    import tempfile
+
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    if name.startswith("paged_") and not torch.cuda.is_available():
+        plain = name.removeprefix("paged_")
+        plain = plain if plain in (optimizer_names() or ()) else "adamw_8bit"
+        raise where.error(f"optimizer {name!r} cannot run here: paged optimizers move their states between GPU "
+                          "and CPU memory, and this machine has no GPU (bitsandbytes would quietly run the plain one)",
+                          field="training.optimizer", expected=f"{plain!r}, the same optimizer without paging")  # fmt: skip
+    try:
+        args = TrainingArguments(output_dir=tempfile.gettempdir(), optim=name, report_to=[])
+        Trainer.get_optimizer_cls_and_kwargs(args, torch.nn.Linear(2, 2))
+    except (ImportError, ValueError, RuntimeError) as err:
+        reason = " ".join(str(err).split())
+        expected = "an optimizer this machine has, e.g. adamw_torch, adamw_torch_fused, adafactor, adamw_8bit, sgd"
+        raise where.error(f"optimizer {name!r} cannot run here: {reason}", field="training.optimizer",
+                          expected=expected) from None  # fmt: skip
 
 
 def _check_distributed(cfg: _RunConfigBase, where: _Where, world_size: int | None, local_size: int | None) -> None:

@@ -163,6 +163,8 @@ config("key_max_length_tiny", BASE + "  max_length: 4\n", "data.max_length", lin
 config("key_optimizer_typo", BASE + "training:\n  optimizer: adamw_torchh\n",
        "unknown optimizer 'adamw_torchh' (did you mean 'adamw_torch'?)", line=7)  # fmt: skip
 config("key_optimizer_unknown", BASE + "training:\n  optimizer: fancy\n", "unknown optimizer 'fancy'", line=7)
+config("key_optimizer_missing_package", BASE + "training:\n  optimizer: schedule_free_adamw\n",
+       ("optimizer 'schedule_free_adamw' cannot run here", "schedulefree"), line=7)  # fmt: skip
 config("key_scheduler", BASE + "training:\n  scheduler: cosinus\n", "training.scheduler", line=7)
 config("key_precision", BASE + "training:\n  precision: fp8\n", "training.precision", line=7)
 config("key_task_typo", BASE + "task: classfy\n", "unknown task 'classfy' (did you mean 'classify'?)", line=6)

@@ -230,7 +230,9 @@ def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict],
     if hasattr(model, "config"):
         model.config.use_cache = True
     seconds, steps = totals.seconds, trainer.state.global_step
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps it
     return {
+        "optimizer": f"{type(optimizer).__module__}.{type(optimizer).__qualname__}" if optimizer is not None else None,
         # the whole run's figures, over every process a resumed run took
         "train_seconds": round(seconds, 1),
         "train_tokens": totals.tokens or None,  # None: the trainer samples its own (GRPO)
