@@ -10,7 +10,7 @@ import tunelab
 LAYERS = [
     ("tunelab.__main__", 8), ("tunelab.cli", 8), ("tunelab.commands", 8), ("tunelab.serve", 8),
     ("tunelab.evaluation.crossval", 7), ("tunelab.api", 7),
-    ("tunelab.export", 6), ("tunelab.planning", 6), ("tunelab.evaluation.generation_eval", 2), ("tunelab.evaluation.metrics", 1),
+    ("tunelab.export", 6), ("tunelab.planning", 6), ("tunelab.evaluation.generation_eval", 2), ("tunelab.evaluation.probes", 2), ("tunelab.evaluation.metrics", 1),
     ("tunelab.evaluation.bootstrap", 1), ("tunelab.evaluation.plots", 1), ("tunelab.evaluation", 6),
     ("tunelab.runs.loading", 5),
     ("tunelab.config", 4),

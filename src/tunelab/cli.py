@@ -115,6 +115,12 @@ def _print_results(results: dict) -> None:
             f"{training.get('train_tokens_per_second')} tokens/s (non-padding) · "
             f"peak memory {training.get('peak_memory_gib')} GiB"
         )
+    probes = results.get("probes") or {}
+    if probes:
+        counts = " → ".join(f"{name} {s['flagged']}/{s['of']}" for name, s in probes.items())
+        out.print(f"off-task probes flagged: {counts} (empty, repetition, token limit, copied; see the report)")
+    if results.get("probe_warning"):
+        out.print(f"[yellow]warning: {results['probe_warning']}[/yellow]", highlight=False)
     for warning in results.get("warnings") or []:
         out.print(f"[yellow]warning: the run may not have learned: {warning}[/yellow]", highlight=False)
 

@@ -149,6 +149,9 @@ class EvaluationSection(Section):
         128, gt=0, description="prompts decoded together (fewer where their KV cache would not fit)"
     )
     max_examples: int | None = Field(None, gt=0, description="evaluate on at most N held-out rows")
+    probes: list[str] | str | None = Field(
+        "builtin", description='off-task prompts answered by base and tuned: "builtin", a list, a .txt/.jsonl file, or none'
+    )
     samples_in_report: int = Field(20, ge=0)
 
 

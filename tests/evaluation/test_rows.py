@@ -25,7 +25,7 @@ def test_classification_rows_and_unknown_labels() -> None:
         eval_data(examples, None, ["pos", "other"], "2 reviews", "heldout")
 
 
-def test_chat_rows_show_the_last_user_message() -> None:
+def test_multi_turn_rows_show_the_conversation_before_the_answer() -> None:
     class Chat:
         kind = "chat"
 
@@ -36,7 +36,8 @@ def test_chat_rows_show_the_last_user_message() -> None:
                  messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
                            {"role": "user", "content": "What is AI?"}, {"role": "assistant", "content": "software"}])  # fmt: skip
     data = eval_data([ex], Chat(), None, "1 chat", "heldout")
-    assert (data.kind, data.inputs, data.references) == ("generation", ["What is AI?"], ["software"])
+    assert (data.kind, data.inputs, data.references) == (
+        "generation", ["user: hi\nassistant: hello\nuser: What is AI?"], ["software"])
 
 
 def test_rows_from_predictions() -> None:

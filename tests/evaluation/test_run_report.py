@@ -37,7 +37,7 @@ def test_the_runs_report_shows_the_analysis(tiny_run: Path) -> None:
     """The report training wrote: intervals, per-example table, regressions and worst lists, histograms."""
     text = (tiny_run / "report.html").read_text(encoding="utf-8")
     ids = [i for i in re.findall(r'<section id="([^"]+)"', text) if i != "learning-warning"]  # a short run's
-    assert ids == ["summary", "metrics", "plots", "figures", "analysis", "examples", "samples", "notes", "config"]
+    assert ids == ["summary", "metrics", "plots", "figures", "analysis", "examples", "samples", "probes", "notes", "config"]
     metrics = text.split('id="metrics"', 1)[1].split("</section>", 1)[0]
     assert "95% CI of delta" in metrics and "Excludes 0" in metrics
     assert metrics.count("<tr>") == 1 + len(HEADLINE)  # head + one row per headline metric, each with its interval

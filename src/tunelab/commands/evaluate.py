@@ -77,8 +77,40 @@ def _print_comparison(comp: Any) -> None:
             out.print(f"  … {len(rows) - 5} more regressions in the report and comparison.csv")
     if comp.slices:
         out.print(f"slices by '{comp.slices['field']}': {len(comp.slices['rows'])} (in the report)")
-    out.print(f"written: [bold]{comp.out_dir}[/bold] (comparison.json, comparison.csv, predictions.jsonl)")
+    if comp.probes:
+        _print_probes(out, comp)
+    out.print(f"written: [bold]{comp.out_dir}[/bold] (comparison.json, comparison.csv, predictions.jsonl"
+              f"{', probes.json' if comp.probes else ''})")  # fmt: skip
     out.print(f"report:  [bold]{comp.report}[/bold]")
+
+
+def _print_probes(out: Any, comp: Any) -> None:
+    """The off-task probes: each model's answer (cut short) and flags, then who was flagged how often."""
+    from rich.table import Table
+
+    from tunelab.evaluation.probes import probe_regression
+
+    found = comp.probes
+    t = Table(title="off-task probes (general prompts far from the training data)")
+    t.add_column("prompt", max_width=28)
+    for name in comp.models:
+        t.add_column(name, max_width=40)
+    for row in found["rows"]:
+        cells = [row["prompt"]]
+        for name in comp.models:
+            said = row[name]
+            text = said["output"].replace("\n", " ")
+            text = text if len(text) <= 80 else text[:79] + "…"
+            cells.append(text + (f" [yellow]({', '.join(said['flags'])})[/yellow]" if said["flags"] else ""))
+        t.add_row(*cells)
+    out.print(t)
+    out.print("flagged: " + ", ".join(f"{n} {s['flagged']}/{s['of']}" for n, s in found["summary"].items()))
+    if comp.baseline is not None:
+        for name in comp.models:
+            warning = probe_regression(found, base=comp.baseline, tuned=name) if name != comp.baseline else None
+            if warning:
+                out.print(f"[yellow]warning: {warning.replace('tuned answers', name + ' answers')}[/yellow]",
+                          highlight=False)  # fmt: skip
 
 
 def eval_command(

@@ -34,6 +34,7 @@ class Comparison:
     notes: list[str]
     report: Path
     results: dict[str, ModelResult]
+    probes: dict[str, Any] | None = None  # probes.json: the models' answers to the off-task probes
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -35,6 +35,7 @@ from typing import Any
 from tunelab.errors import TunelabError
 from tunelab.evaluation.analysis import Comparison, analyse
 from tunelab.evaluation.outputs import ModelResult, model_names, run_models
+from tunelab.evaluation.probes import load_probes, probe_results, probe_section, training_answer_set
 from tunelab.evaluation.rows import EvalData, file_data, held_out_data
 from tunelab.evaluation.scoring import PER_EXAMPLE, score
 from tunelab.evaluation.views import comparison_view
@@ -92,6 +93,7 @@ def compare(
     )
     generative = rows.kind != "text"
     batch_size = batch_size or (evaluation.generation_batch_size if rows.kind == "generation" else evaluation.batch_size)
+    probes = load_probes(evaluation.probes, base_dir=first_cfg._source_dir) if rows.kind == "generation" else []
     if rows.kind == "generation" and metric not in PER_EXAMPLE:
         raise TunelabError(f"unknown metric {metric!r}", field="--metric", expected=f"one of {', '.join(PER_EXAMPLE)}")
     names = [n for n, _ in named]
@@ -113,6 +115,7 @@ def compare(
         regenerate=regenerate,
         with_perplexity=with_perplexity,
         generative=generative,
+        probes=probes,
     )
     for r in results:
         score(r, rows, generative)
@@ -144,12 +147,27 @@ def compare(
     write_json_atomic(out / "comparison.json", {**comp.to_json(), "settings": settings})
     _write_csv(out / "comparison.csv", rows, results)
     write_predictions(out / "predictions.jsonl", _prediction_rows(rows, results))
+    if probes:
+        comp.probes = _probe_results(probes, results, first_run, first_cfg)
+        write_json_atomic(out / "probes.json", comp.probes)
     tokenizer = load_tokenizer(first_run.tokenizer_dir)
     if title is None:
         title = f"tunelab comparison: {' vs '.join(names)}" if len(names) > 1 else f"tunelab evaluation: {names[0]}"
     view = comparison_view(comp, out, tokenizer, max_new_tokens, max(worst, 20), resamples=resamples)
+    if comp.probes:
+        view.probes = probe_section(comp.probes)
     Report(title, view.page(comp.notes, settings)).write(comp.report)
     return comp
+
+
+def _probe_results(probes: list[str], results: list[ModelResult], run: Any, cfg: Any) -> dict[str, Any]:
+    """Every model's answers to the probes, flagged (copied: against the first run's training answers)."""
+    from tunelab.data.splits import splits_from_config
+
+    fmt = run.read_format()
+    train = splits_from_config(cfg.data, cfg._source_dir).train
+    answers = training_answer_set([fmt.reference(ex) for ex in train])
+    return probe_results(probes, {r.name: r.probe_answers for r in results}, answers)
 
 
 def _prediction_rows(data: EvalData, results: list[ModelResult]) -> list[Prediction]:

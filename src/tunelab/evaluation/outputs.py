@@ -34,6 +34,7 @@ class ModelResult:
     seconds: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     per_example: list[dict[str, float]] = field(default_factory=list)
+    probe_answers: list[dict[str, Any]] = field(default_factory=list)  # answers to the off-task probes
 
 
 def model_names(specs: list[str]) -> list[tuple[str, Path | None]]:
@@ -131,8 +132,10 @@ def run_models(
     regenerate: bool,
     with_perplexity: bool,
     generative: bool,
+    probes: list[str] | None = None,
 ) -> None:
-    """Outputs (and reference NLLs) of every model, reused where the run already wrote them."""
+    """Outputs (and reference NLLs, and answers to the off-task `probes`) of every model, reused where
+    the run already wrote them."""
     from tunelab.models.loading import load_tokenizer
 
     for result in results:
@@ -140,21 +143,38 @@ def run_models(
         reused = False
         if generative and not regenerate:
             reused = reuse(result, data, cfg, max_new_tokens, load_tokenizer(run.tokenizer_dir))
+            if probes and cfg.evaluation.max_new_tokens == max_new_tokens:
+                result.probe_answers = _reused_probes(run.probes_json, probes, BASE if result.is_base else TUNED)
         if data.kind == "classification":
             if not reused:
                 _classify(result, data, cfg, batch_size)
             continue
         need_nll = with_perplexity and result.ref_nll is None
         need_gen = generative and not reused
-        if need_gen or need_nll:
+        need_probes = bool(probes) and not result.probe_answers
+        if need_gen or need_nll or need_probes:
             info(f"[cyan]evaluate[/cyan] {result.name}")
             _generate(result, data, max_new_tokens=max_new_tokens, batch_size=batch_size, need_gen=need_gen,
-                      need_nll=need_nll)  # fmt: skip
+                      need_nll=need_nll, probes=probes if need_probes else None)  # fmt: skip
+
+
+def _reused_probes(path: Path, probes: list[str], model: str) -> list[dict[str, Any]]:
+    """A run's own answers to these very probes (from its probes.json), else none."""
+    import json
+
+    if not path.is_file():
+        return []
+    rows = json.loads(path.read_text(encoding="utf-8")).get("rows") or []
+    if [r.get("prompt") for r in rows] != probes or not all(model in r for r in rows):
+        return []
+    return [{k: r[model][k] for k in ("output", "new_tokens", "hit_limit")} for r in rows]
 
 
 def _generate(
-    result: ModelResult, data: EvalData, *, max_new_tokens: int, batch_size: int, need_gen: bool, need_nll: bool
-) -> None:
+    result: ModelResult, data: EvalData, *, max_new_tokens: int, batch_size: int, need_gen: bool, need_nll: bool,
+    probes: list[str] | None = None,
+) -> None:  # fmt: skip
+    from tunelab.evaluation.probes import answer_probes
     from tunelab.inference.decoding import generate_from_ids
     from tunelab.inference.scoring import reference_nll
 
@@ -175,6 +195,9 @@ def _generate(
             result.origin = f"generated (greedy, max_new_tokens={max_new_tokens}, batch_size={batch_size})"
         if need_nll:
             result.ref_nll = reference_nll(model, tokenizer, fmt, data.examples, batch_size=batch_size)
+        if probes:
+            result.probe_answers = answer_probes(model, tokenizer, fmt, probes, max_new_tokens=max_new_tokens,
+                                                 batch_size=batch_size, label=result.name)  # fmt: skip
     finally:
         del model, loaded
         gc.collect()

@@ -100,9 +100,21 @@ def write_run_report(
     learning = Notice(message="This run may not have learned anything: " + "; ".join(warnings) + ".",
                       detail="Check the learning rate and the method's settings (tunelab data preview shows "
                       "what is trained on).", title="Did not learn?", id="learning-warning")  # fmt: skip
+    probes = None
+    if run.probes_json.is_file():
+        import json
+
+        from tunelab.evaluation.probes import probe_section
+
+        probes = probe_section(json.loads(run.probes_json.read_text(encoding="utf-8")))
+    drift = results.get("probe_warning")
+    drifted = Notice(message=drift[:1].upper() + drift[1:] + "." if drift else "", title="Worse off-task?",
+                     detail="Read the off-task probes below: fewer steps, a lower learning rate or mixing general "
+                     "data into the training set usually help.", id="probe-warning")  # fmt: skip
     parts: list[Section | None] = [
         gamed if hacking else None,
         learning if warnings else None,
+        drifted if drift else None,
         Summary(summary),
         MetricsTable(metric_rows) if metric_rows or not (has_analysis or has_examples) else None,
         extras.get("error"),
@@ -113,6 +125,7 @@ def write_run_report(
         analysis if has_analysis else None,
         examples if has_examples else None,
         Samples(samples) if samples or not has_examples else None,
+        probes,
         Notes(notes),
         ConfigDump(config_dict(cfg)),
     ]

@@ -69,6 +69,7 @@ class ComparisonView:
     figures: Figures  # token-length histograms
     analysis: StaticTables  # regressions, worst N, slices
     examples: ExamplesTable
+    probes: Section | None = None  # the off-task probes' answers
 
     def page(self, notes: list[str], config: dict[str, Any]) -> list[Section]:
         """The sections of a comparison's own report.html, in page order."""
@@ -80,6 +81,7 @@ class ComparisonView:
             self.figures if self.figures.images else None,
             self.analysis if self.analysis.tables else None,
             self.examples if self.examples.rows else Samples([]),
+            self.probes,
             Notes(notes),
             ConfigDump(config),
         ]

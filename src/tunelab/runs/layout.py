@@ -35,6 +35,7 @@ class RunDir:
     template = property(lambda self: self.path / "template.json")
     eval_json = property(lambda self: self.path / "eval.json")
     base_eval_json = property(lambda self: self.path / "base_eval.json")
+    probes_json = property(lambda self: self.path / "probes.json")  # off-task prompts: base and tuned answers
     predictions = property(lambda self: self.path / "predictions.jsonl")
     report = property(lambda self: self.path / "report.html")
     loss_png = property(lambda self: self.path / "loss.png")

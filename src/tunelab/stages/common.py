@@ -376,7 +376,7 @@ def train_and_save(ctx: Context, model: Any, train_rows: list, eval_rows: list, 
 
 
 def write_results(ctx: Context, trained: dict[str, Any], *, base: Any, tuned: Any, n_test: int,
-                  paired: tuple[Any, list, list] | None = None) -> dict[str, Any]:  # fmt: skip
+                  paired: tuple[Any, list, list] | None = None, extra: dict | None = None) -> dict[str, Any]:  # fmt: skip
     """eval.json: base and tuned metrics side by side, with how training went and, when the run shows
     no sign of learning, why (`warnings`: also in run.json, the console and the report's first lines).
     `paired` is (MetricSpec, base statistics, tuned statistics) of the stage's first headline metric
@@ -392,6 +392,7 @@ def write_results(ctx: Context, trained: dict[str, Any], *, base: Any, tuned: An
         **{k: v for k, v in trained.items() if k != "model"},
         "learning_check": check,
         "warnings": warnings,
+        **(extra or {}),  # a stage's own findings (sft: the off-task probes)
     }
     write_json_atomic(ctx.run.eval_json, results)
     return results

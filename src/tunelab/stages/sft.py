@@ -13,6 +13,13 @@ from tunelab.data.templates import PromptFormat
 from tunelab.evaluation.bootstrap import mean_metric
 from tunelab.evaluation.generation_eval import evaluate_generation, prediction_rows
 from tunelab.evaluation.metrics import HEADLINE_METRICS
+from tunelab.evaluation.probes import (
+    answer_probes,
+    load_probes,
+    probe_regression,
+    probe_results,
+    training_answer_set,
+)
 from tunelab.progress import info
 from tunelab.runs.artifacts import write_predictions
 from tunelab.runs.layout import write_json_atomic
@@ -59,9 +66,10 @@ def run(ctx: Context) -> dict[str, Any]:
     train_rows = tokenize(ctx, fmt, splits.train, "train")
     eval_rows = tokenize(ctx, fmt, splits.validation, "validation")
     test = held_out(ctx, splits)
+    ev = cfg.evaluation
+    probes = load_probes(ev.probes, base_dir=cfg._source_dir) if ev.enabled else []  # a bad file: before loading
 
     model = load_base_model(ctx)
-    ev = cfg.evaluation
     base = None
     if ev.enabled and ev.compare_base and test:
         if ctx.resume and ctx.run.base_eval_json.is_file():
@@ -70,6 +78,7 @@ def run(ctx: Context) -> dict[str, Any]:
             base = json.loads(ctx.run.base_eval_json.read_text())
         else:
             base = evaluate_generation(model, ctx.tokenizer, fmt, test, ev, label="base")
+            base["probes"] = _probe_answers(ctx, model, fmt, probes, "base")
             write_json_atomic(ctx.run.base_eval_json, base)
 
     trained = train_and_save(ctx, model, train_rows, eval_rows, fmt)
@@ -77,6 +86,17 @@ def run(ctx: Context) -> dict[str, Any]:
     tuned = evaluate_generation(model, ctx.tokenizer, fmt, test, ev, label="tuned") if ev.enabled and test else None
     if tuned is not None:
         write_predictions(ctx.run.predictions, prediction_rows(test, fmt, base, tuned))
+    extra = {}
+    if probes:
+        answers = {"base": base["probes"]} if base and base.get("probes") else {}
+        answers["tuned"] = _probe_answers(ctx, model, fmt, probes, "tuned")
+        found = probe_results(probes, answers, training_answer_set([fmt.reference(ex) for ex in splits.train]))
+        write_json_atomic(ctx.run.probes_json, found)
+        extra["probes"] = found["summary"]
+        regression = probe_regression(found)
+        if regression:
+            info(f"[yellow]probes[/yellow] {regression}")
+            extra["probe_warning"] = regression
     paired = None
     if base and tuned and base.get("per_example"):
         key = STAGE.headline_metrics[0]
@@ -88,7 +108,14 @@ def run(ctx: Context) -> dict[str, Any]:
         tuned=tuned["metrics"] if tuned else None,
         n_test=len(test),
         paired=paired,
+        extra=extra,
     )
+
+
+def _probe_answers(ctx: Context, model: Any, fmt: PromptFormat, probes: list[str], label: str) -> list[dict]:
+    ev = ctx.cfg.evaluation
+    return answer_probes(model, ctx.tokenizer, fmt, probes, max_new_tokens=ev.max_new_tokens,
+                         batch_size=ev.generation_batch_size, label=label)  # fmt: skip
 
 
 STAGE = Stage(name="sft", summary="supervised instruction tuning on prompt/response rows", run=run,
