@@ -83,7 +83,7 @@ def quiet_loggers() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ORPO and CPO live in trl.experimental
-    for name in ("transformers", "peft", "accelerate", "bitsandbytes", "torch", "datasets"):
+    for name in ("transformers", "peft", "accelerate", "bitsandbytes", "torch", "datasets", "lm_eval", "lm-eval"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 

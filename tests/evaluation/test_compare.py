@@ -99,8 +99,8 @@ def test_cli_eval_compare_and_errors(tiny_run: Path, tmp_path: Path) -> None:
     assert isinstance(res.exception, TunelabError) and "run directory not found" in str(res.exception)
     res = runner.invoke(_app(), ["eval", str(tiny_run), "--metric", "nonsense"])
     assert isinstance(res.exception, TunelabError)
-    res = runner.invoke(_app(), ["bench", str(tiny_run), "--harness", "arc_easy"])
-    assert isinstance(res.exception, TunelabError) and "lm-evaluation-harness is not installed" in str(res.exception)
+    res = runner.invoke(_app(), ["bench", str(tiny_run), "--tasks", "arc_easyy"])
+    assert isinstance(res.exception, TunelabError) and "did you mean 'arc_easy'" in str(res.exception)
 
 
 def test_comparison_report_in_chromium(tiny_run: Path, tmp_path: Path, chromium) -> None:

@@ -201,18 +201,28 @@ def bench_command(
     run: Path = typer.Argument(..., help="a finished run directory"),
     task: str = typer.Option("builtin:mini_mc", "--task", help="multiple-choice .jsonl file, or builtin:mini_mc"),
     base: bool = typer.Option(False, "--base", help="also score the base model and compare"),
-    harness: str = typer.Option(None, "--harness", help="run this lm-evaluation-harness task instead (needs lm-eval)"),
-    limit: int = typer.Option(None, "--limit", min=1, help="use only the first N questions"),
+    tasks: str = typer.Option(None, "--tasks", help="lm-evaluation-harness tasks instead, comma-separated (needs lm-eval)"),
+    include_path: list[Path] = typer.Option(None, "--include-path", help="a folder of lm-eval task YAMLs (repeatable)"),
+    chat_template: bool = typer.Option(False, "--chat-template", help="lm-eval: put prompts in the chat template"),
+    limit: int = typer.Option(None, "--limit", min=1, help="use only the first N questions (per task)"),
     out: Path = typer.Option(None, "--out", help="output folder (default RUN/bench/TASK)"),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
 ) -> None:
-    """Multiple-choice benchmark scored by log-likelihood: acc and length-normalised acc."""
+    """Multiple-choice benchmark scored by log-likelihood (acc and length-normalised acc) in the run's own
+    prompt format; or, with --tasks, lm-evaluation-harness tasks as lm-eval scores them."""
     from tunelab.evaluation import bench as B
 
     console = _console()
-    if harness:
-        result = B.run_harness(run, harness, limit=limit, batch_size=batch_size)
-        console.print_json(data=result)
+    if tasks:
+        from tunelab.evaluation.harness import harness_bench
+
+        result = harness_bench(run, [t.strip() for t in tasks.split(",") if t.strip()], with_base=base, limit=limit,
+                               batch_size=batch_size, include_path=include_path, chat_template=chat_template,
+                               out_dir=out)  # fmt: skip
+        names = list(result["models"])
+        _print_table(console, f"lm-eval: {', '.join(result['tasks'])}", result["table"], names, result["baseline"])
+        console.print(f"written: [bold]{result['out_dir']}[/bold] (bench.json)")
+        console.print(f"report:  [bold]{result['report']}[/bold]")
         return
     result = B.bench(run, task=task, with_base=base, out_dir=out, limit=limit, batch_size=batch_size)
     names = list(result["models"])

@@ -22,7 +22,6 @@ general-knowledge questions with four choices each, written for tunelab.
 
 from __future__ import annotations
 
-import importlib.util
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 
-__all__ = ["BUILTIN_TASKS", "MCItem", "bench", "load_task", "run_harness", "score_items"]
+__all__ = ["BUILTIN_TASKS", "MCItem", "bench", "load_task", "score_items"]
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 BUILTIN_TASKS = {"mini_mc": TASKS_DIR / "mini_mc.jsonl"}
@@ -346,28 +345,3 @@ def _report(out: Path, label: str, names: list[str], baseline: str | None, table
         ConfigDump({"task": label, "models": names, "scoring": "log-likelihood (lm-evaluation-harness style)"}),
     ]
     return Report(f"tunelab bench: {label}", sections).write(out / "report.html")
-
-
-def harness_available() -> bool:
-    return importlib.util.find_spec("lm_eval") is not None
-
-
-def run_harness(run_dir: str | Path, task: str, *, limit: int | None = None, batch_size: int = 8) -> dict[str, Any]:
-    """Run an lm-evaluation-harness task on the run's model (needs ``pip install lm-eval`` and the
-    task's data available offline)."""
-    if not harness_available():
-        raise TunelabError(
-            "lm-evaluation-harness is not installed",
-            field="--harness",
-            expected="`pip install lm-eval` (its tasks download data sets, so they also need the data offline), "
-            "or --task FILE.jsonl for tunelab's own log-likelihood scoring",
-        )
-    from lm_eval import simple_evaluate  # type: ignore[import-not-found]
-    from lm_eval.models.huggingface import HFLM  # type: ignore[import-not-found]
-
-    from tunelab.runs.loading import load_run
-
-    loaded = load_run(run_dir)
-    lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size)
-    results = simple_evaluate(model=lm, tasks=[task], limit=limit)
-    return {"task": task, "results": (results or {}).get("results", {})}
