@@ -179,7 +179,46 @@ def serve(
                threads=threads, log=lambda line: err.print(line, markup=False, highlight=False))
 
 
+def check(
+    run: Path = typer.Argument(..., help="a finished sft run directory"),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1, help="the budget every answer must stop within"),
+    gguf_dtype: str = typer.Option("f32", "--gguf-dtype", help="GGUF weights to check: f32 (exact), f16 or q8_0"),
+    json_out: Path = typer.Option(None, "--json", help="also write every prompt's tokens here"),
+) -> None:
+    """Prove the template/EOS contract: the adapter, the merged model, the GGUF file (read back by
+    transformers) and `tunelab serve` render the same prompt tokens and give the same greedy answers,
+    stopping at EOS. Exit code 1 names the first differing token."""
+    import json
+
+    from tunelab.export.gguf import GGUF_DTYPES
+    from tunelab.serve.check import check_run
+
+    if gguf_dtype not in GGUF_DTYPES:
+        raise TunelabError(f"unknown GGUF dtype {gguf_dtype!r}", field="--gguf-dtype", expected=", ".join(GGUF_DTYPES))
+    result = check_run(run, max_new_tokens=max_new_tokens, gguf_dtype=gguf_dtype)
+    out = Console()
+    reference = result.answers["adapter"]
+    for way in result.ways:
+        bad = [p for p in result.problems if p.startswith(f"{way},")]
+        mark = "[red]✗[/red]" if bad else "[green]✓[/green]"
+        tokens = sum(len(a.prompt_ids or []) for a in reference) if way == "adapter" else None
+        extra = f" ({tokens} prompt tokens, {sum(len(a.token_ids or []) for a in reference)} answer tokens)" if tokens else ""
+        out.print(f"{mark} {way}{extra}")
+        for problem in bad:
+            out.print(f"    {problem}", highlight=False, markup=False)
+    for note in result.notes:
+        out.print(f"note: {note}", highlight=False)
+    if json_out is not None:
+        json_out.write_text(json.dumps(result.to_json(), indent=2), encoding="utf-8")
+    if not result.passed:
+        out.print(f"[red]the contract does not hold on {len(result.problems)} count(s)[/red]")
+        raise typer.Exit(1)
+    out.print(f"[green]adapter = merged = GGUF = served on {len(result.prompts)} prompts, token for token; every "
+              f"answer stopped at EOS within {result.max_new_tokens} tokens[/green]")
+
+
 def register(app: typer.Typer) -> None:
+    app.command()(check)
     app.command()(generate)
     app.command()(chat)
     app.command()(merge)

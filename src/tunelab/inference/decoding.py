@@ -6,8 +6,8 @@ a token limit, stop strings — and may stream: `on_text` receives each new piec
 it is complete UTF-8 (held back while it could still become a stop string).
 
 Rows are decoded longest prompt first in batches of `batch_size` (little padding, memory peaks
-early), fewer where their KV cache would pass a budget (`CPU_KV_CACHE_BUDGET`, or half the free GPU
-memory). On a CPU, decoding is bound by reading the weights: 128 rows per step cost little more than
+early), fewer where their KV cache would pass a budget (`kv_cache.CPU_KV_CACHE_BUDGET`, or half the free
+GPU memory). On a CPU, decoding is bound by reading the weights: 128 rows per step cost little more than
 16, so evaluation decodes many rows at once (`evaluation.generation_batch_size`). For models whose forward takes ``position_ids``, a KV cache that can drop rows and
 ``logits_to_keep``, decoding is one loop that removes a row from the batch (and the cache) once it
 is done, so a batch no longer runs every row until its longest answer ends. Models that prepend
@@ -92,6 +92,8 @@ def decode(model: Any, tokenizer: Any, rows: list[Sequence], *, batch_size: int 
     """Decode every row to its end (EOS, a stop string, its token limit or cancellation) or its pause."""
     if not rows:
         return rows
+    from tunelab.inference.kv_cache import rows_that_fit
+
     eos = eos_ids(model, tokenizer)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i].prompt_ids))
     shrinking = supports_shrinking(model)
@@ -102,7 +104,7 @@ def decode(model: Any, tokenizer: Any, rows: list[Sequence], *, batch_size: int 
             start = 0
             while start < len(order):
                 # longest first: the batch's first row is its widest
-                n = _rows_that_fit(model, rows[order[start]], batch_size) if shrinking else batch_size
+                n = rows_that_fit(model, rows[order[start]], batch_size) if shrinking else batch_size
                 batch = [rows[i] for i in order[start : start + n]]
                 start += n
                 for row in batch:
@@ -142,41 +144,6 @@ def context_length(model: Any) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
-
-
-# The KV cache a batch may fill on a CPU; on a GPU, half of the memory free when the batch starts.
-CPU_KV_CACHE_BUDGET = 2**30
-
-
-def kv_bytes_per_token(model: Any) -> int | None:
-    """Bytes of KV cache one token takes in every layer, from the model's config (None: unknown)."""
-    config = getattr(model, "config", None)
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    layers, heads = getattr(config, "num_hidden_layers", None), getattr(config, "num_attention_heads", None)
-    hidden = getattr(config, "hidden_size", None)
-    if not (isinstance(layers, int) and isinstance(heads, int) and isinstance(hidden, int)) or heads <= 0:
-        return None
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
-    dtype = next(model.parameters()).dtype
-    element = dtype.itemsize if dtype.is_floating_point else 2  # quantized weights: the cache is in compute dtype
-    return 2 * layers * kv_heads * head_dim * element
-
-
-def _rows_that_fit(model: Any, widest: Sequence, batch_size: int) -> int:
-    """`batch_size` rows, or fewer where their KV cache (prompt + new tokens, each as wide as `widest`)
-    would pass the budget; at least one."""
-    per_token = kv_bytes_per_token(model)
-    if per_token is None:
-        return batch_size
-    device = next(model.parameters()).device
-    budget = CPU_KV_CACHE_BUDGET
-    if device.type == "cuda":
-        import torch
-
-        budget = torch.cuda.mem_get_info(device)[0] // 2
-    tokens = len(widest.prompt_ids) + widest.options.max_new_tokens
-    return max(1, min(batch_size, budget // (per_token * tokens)))
 
 
 def supports_shrinking(model: Any) -> bool:

@@ -1,4 +1,5 @@
-"""A KV cache that writes new tokens in place instead of concatenating.
+"""The KV cache of decoding: how many rows fit a budget, and a cache that writes new tokens in place
+instead of concatenating.
 
 transformers' `DynamicLayer` grows by `torch.cat` at every decoding step, copying the whole cache of
 every layer once per new token: on a CPU that copying was 30% of batched decoding time (SmolLM2-135M,
@@ -15,6 +16,38 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+
+# The KV cache a batch may fill on a CPU; on a GPU, half of the memory free when the batch starts.
+CPU_KV_CACHE_BUDGET = 2**30
+
+
+def kv_bytes_per_token(model: Any) -> int | None:
+    """Bytes of KV cache one token takes in every layer, from the model's config (None: unknown)."""
+    config = getattr(model, "config", None)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layers, heads = getattr(config, "num_hidden_layers", None), getattr(config, "num_attention_heads", None)
+    hidden = getattr(config, "hidden_size", None)
+    if not (isinstance(layers, int) and isinstance(heads, int) and isinstance(hidden, int)) or heads <= 0:
+        return None
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    dtype = next(model.parameters()).dtype
+    element = dtype.itemsize if dtype.is_floating_point else 2  # quantized weights: the cache is in compute dtype
+    return 2 * layers * kv_heads * head_dim * element
+
+
+def rows_that_fit(model: Any, widest: Any, batch_size: int) -> int:
+    """`batch_size` rows, or fewer where their KV cache (prompt + new tokens, each as wide as `widest`)
+    would pass the budget; at least one."""
+    per_token = kv_bytes_per_token(model)
+    if per_token is None:
+        return batch_size
+    device = next(model.parameters()).device
+    budget = CPU_KV_CACHE_BUDGET
+    if device.type == "cuda":
+        budget = torch.cuda.mem_get_info(device)[0] // 2
+    tokens = len(widest.prompt_ids) + widest.options.max_new_tokens
+    return max(1, min(batch_size, budget // (per_token * tokens)))
 
 
 def reserved_cache(model: Any, room: int) -> DynamicCache:
