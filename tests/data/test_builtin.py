@@ -63,3 +63,20 @@ def test_chatterbot_preference_pairs_prefer_the_questions_own_answer():
         other = {t for t, answers in answers_by_topic.items() if p.data["rejected"] in answers}
         assert other - {q.data["topic"]}  # the rejected answer comes from another topic
     assert [p.data["rejected"] for p in load_builtin("chatterbot-preference")] == [p.data["rejected"] for p in pairs]
+
+
+def test_aclsum_abstracts_become_instruction_rows():
+    """Every paper of the package's three files (counted here from the JSON) is one abstract → summary row."""
+    import json
+
+    root = builtin._package_dir("aclsum", BUILTINS["aclsum"])
+    papers = [json.loads(line) for split in ("train", "val", "test")
+              for line in (root / "dataset" / f"{split}.jsonl").read_text().splitlines() if line.strip()]  # fmt: skip
+    rows, notes = load_builtin_with_notes("aclsum")
+    assert len(rows) == len(papers) == 250 and "250 abstracts" in notes[0]
+    first = rows[0].data
+    summary = papers[0]["summary"]
+    assert first["output"] == " ".join(summary[k] for k in ("challenge", "approach", "outcome"))
+    assert first["input"].startswith("In this paper, we explore correlation of dependency relation paths")
+    assert " ," not in first["input"] and " ." not in first["input"]
+    assert {r.data["split"] for r in rows} == {"train", "val", "test"}

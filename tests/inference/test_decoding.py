@@ -101,3 +101,12 @@ def test_rows_ride_along_where_cpu_batches_are_cheaper() -> None:
     assert D._shrink_to(20, 24, "cpu") and D._shrink_to(3, 10, "cpu")
     assert not D._shrink_to(8, 10, "cpu") and not D._shrink_to(5, 5, "cuda")
     assert D._shrink_to(8, 10, "cuda")
+
+
+def test_virtual_token_models_decode_without_padding() -> None:
+    """peft's generate ignores position ids, so left padding would shift a prompt-tuned model's positions:
+    such rows are batched only with rows of the same length."""
+    rows = [D.Sequence([1] * n, D.SamplingOptions()) for n in (5, 5, 5, 4, 4, 3)]
+    order = list(range(6))
+    assert [D._same_length(rows, order, s, 16) for s in (0, 3, 5)] == [3, 2, 1]
+    assert D._same_length(rows, order, 0, 2) == 2

@@ -58,7 +58,8 @@ def test_real_run_report_has_every_analysis_section(smollm2_run):
 
     text = (smollm2_run.run_dir / "report.html").read_text(encoding="utf-8")
     ids = [i for i in re.findall(r'<section id="([^"]+)"', text) if i != "learning-warning"]  # a short run's
-    assert ids == ["summary", "metrics", "plots", "figures", "analysis", "examples", "samples", "notes", "config"], ids
+    assert ids == ["summary", "metrics", "plots", "figures", "analysis", "examples", "samples", "probes", "notes",
+                   "config"], ids
     metrics = text.split('id="metrics"', 1)[1].split("</section>", 1)[0]
     assert "ROUGE-L" in metrics and "95% CI of delta" in metrics  # base vs tuned with paired intervals
     assert 'id="examples-table"' in text and "Worst" in text and 'alt="Token lengths' in text

@@ -43,7 +43,7 @@ def test_every_method_learns_a_fixed_mapping(learnable, method, one_thread):
         "training": {"max_steps": STEPS.get(method, 60), "batch_size": 8, "lr": LR.get(method, 1e-2), "logging_steps": 5,
                      "eval_steps": None, "save_steps": None, "precision": "fp32", "warmup_ratio": 0.0,
                      "scheduler": "constant"},
-        "evaluation": {"max_new_tokens": 10, "batch_size": 16},
+        "evaluation": {"max_new_tokens": 10, "batch_size": 16, "probes": []},
     })  # fmt: skip
     base, tuned = result.results["metrics"]["base"], result.results["metrics"]["tuned"]
     assert base["perplexity"] > 500 and tuned["perplexity"] < 6, (base["perplexity"], tuned["perplexity"])

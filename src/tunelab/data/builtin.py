@@ -192,6 +192,40 @@ def _rotten_tomatoes(root: Path) -> Loaded:
 # -- generated, rule-labelled data for preference tuning and RL ---------------------------------
 # No preference data ships inside a PyPI package, so tunelab writes its own, seeded, with the rule
 # that labels it written down: the rule plays the human annotator.
+ACLSUM_INSTRUCTION = "Summarise this paper abstract in three sentences: the challenge, the approach and the outcome."
+
+
+def _detokenize(sentences: list[str]) -> str:
+    """ACLSum's sentences are space-tokenized ("answers , and ."); join them as ordinary prose."""
+    import re
+
+    text = " ".join(s.strip() for s in sentences if isinstance(s, str) and s.strip())
+    text = re.sub(r" ([,.;:!?%)\]])", r"\1", text)
+    return re.sub(r"([(\[]) ", r"\1", text).replace(" n't", "n't").replace(" 's", "'s")
+
+
+def _aclsum(root: Path) -> Loaded:
+    """ACLSum (ACL papers): each abstract → its three-sentence summary (challenge, approach, outcome),
+    as instruction rows; the package's own split is kept as `split`."""
+    import json
+
+    rows: list[Row] = []
+    for split in ("train", "val", "test"):
+        path = root / "dataset" / f"{split}.jsonl"
+        label = f"builtin:aclsum/{split}.jsonl"
+        if not path.is_file():
+            raise TunelabError("missing from the package", file=str(path), expected="aclsum 0.1.x", kind="file")
+        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            paper = json.loads(line)
+            summary = paper.get("summary") or {}
+            parts = [summary.get(k, "").strip() for k in ("challenge", "approach", "outcome")]
+            abstract = _detokenize((paper.get("sentences") or {}).get("abstract") or [])
+            if abstract and all(parts):
+                rows.append(Row({"instruction": ACLSUM_INSTRUCTION, "input": abstract, "output": " ".join(parts),
+                                 "split": split, "paper": paper.get("id", "")}, label, line_no))  # fmt: skip
+    return rows, [f"builtin aclsum: {len(rows)} abstracts with challenge/approach/outcome summaries"]
+
+
 ARITHMETIC_RULE = (
     "a reply to 'What is A plus B?' is preferred when it is the sum in digits and nothing else; "
     "the rejected reply is a wrong number, a wordy reply with the right sum, or a wordy wrong one"
@@ -237,6 +271,13 @@ def _arithmetic_prompts(root: Path) -> Loaded:
 
 
 BUILTINS: dict[str, BuiltinInfo] = {
+    "aclsum": BuiltinInfo(
+        "ACLSum: 250 ACL paper abstracts, each with a three-sentence summary (challenge, approach, outcome)",
+        "aclsum",
+        "MIT",
+        _aclsum,
+        "aclsum",
+    ),
     "arithmetic-preference": BuiltinInfo(
         "441 'What is A plus B?' pairs: the bare sum chosen over a wrong or wordy reply (reward models, DPO)",
         "tunelab",
