@@ -525,6 +525,10 @@ def check_before_loading(cfg: _RunConfigBase, *, output_dir: bool = True, model:
         _check_output_dir(cfg, where)
     notes += _check_init_from(cfg, where, strict=strict)
     _check_optimizer(cfg, where)
+    if cfg.evaluation.enabled and isinstance(cfg.evaluation.probes, str):  # a probe file: read before any folder is made
+        from tunelab.evaluation.probes import load_probes
+
+        load_probes(cfg.evaluation.probes, base_dir=cfg._source_dir)
     if model:
         notes += _check_model(cfg, where, strict=strict)
     return notes

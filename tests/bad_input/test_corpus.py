@@ -163,6 +163,10 @@ config("key_max_length_tiny", BASE + "  max_length: 4\n", "data.max_length", lin
 config("key_optimizer_typo", BASE + "training:\n  optimizer: adamw_torchh\n",
        "unknown optimizer 'adamw_torchh' (did you mean 'adamw_torch'?)", line=7)  # fmt: skip
 config("key_optimizer_unknown", BASE + "training:\n  optimizer: fancy\n", "unknown optimizer 'fancy'", line=7)
+config("probes_file_missing", BASE + "evaluation:\n  probes: nope.txt\n", "probe file not found", file="nope.txt",
+       commands=("train",))  # fmt: skip
+config("probes_file_row_without_prompt", BASE + "evaluation:\n  probes: p.jsonl\n", "no prompt", file="p.jsonl", line=2,
+       commands=("train",), files={"p.jsonl": '{"prompt": "a"}\n{"text": 1}\n'})  # fmt: skip
 config("key_optimizer_missing_package", BASE + "training:\n  optimizer: schedule_free_adamw\n",
        ("optimizer 'schedule_free_adamw' cannot run here", "schedulefree"), line=7)  # fmt: skip
 config("key_scheduler", BASE + "training:\n  scheduler: cosinus\n", "training.scheduler", line=7)
