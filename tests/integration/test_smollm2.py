@@ -81,3 +81,15 @@ def test_adapter_loads_with_plain_peft_and_gives_same_greedy_output(smollm2_run)
         out = model.generate(**inputs, max_new_tokens=20, do_sample=False)
     plain = tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
     assert ours == plain and len(ours) > 0
+
+
+def test_real_run_formats_and_stops_the_same_every_way(smollm2_run):
+    """`tunelab check` on the real model: adapter = merged = GGUF (f32) = served, token for token, and an
+    instruct model that stops at EOS within the budget on the fixed prompts."""
+    from tunelab.serve.check import check_run
+
+    result = check_run(smollm2_run.run_dir, prompts=["What is the capital of France?", "Tell me a joke."],
+                       max_new_tokens=64)  # fmt: skip
+    assert result.passed, result.problems
+    assert all(a.stopped for a in result.answers["adapter"])
+    assert result.answers["merged"][0].prompt_ids == result.answers["adapter"][0].prompt_ids
