@@ -88,8 +88,7 @@ def test_real_run_formats_and_stops_the_same_every_way(smollm2_run):
     instruct model that stops at EOS within the budget on the fixed prompts."""
     from tunelab.serve.check import check_run
 
-    result = check_run(smollm2_run.run_dir, prompts=["What is the capital of France?", "Tell me a joke."],
-                       max_new_tokens=64)  # fmt: skip
+    result = check_run(smollm2_run.run_dir, prompts=["What is the capital of France?"], max_new_tokens=48)
     assert result.passed, result.problems
     assert all(a.stopped for a in result.answers["adapter"])
     assert result.answers["merged"][0].prompt_ids == result.answers["adapter"][0].prompt_ids

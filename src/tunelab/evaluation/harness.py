@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import importlib.util
 import os
 import tempfile
@@ -67,14 +68,18 @@ def _require_lm_eval() -> None:
 def task_manager(include_path: list[str | Path] | None = None) -> Any:
     """lm-eval's task registry plus tunelab's built-in tasks and the user's folders."""
     _require_lm_eval()
-    from lm_eval.tasks import TaskManager
-
-    paths = [builtin_task_dir()]
     for p in include_path or []:
         if not Path(p).is_dir():
             raise TunelabError("not a folder", file=str(p), field="--include-path", expected="a folder of lm-eval task YAMLs")
-        paths.append(Path(p))
-    return TaskManager(include_path=[str(p) for p in paths])
+    return _task_manager(tuple(str(Path(p).resolve()) for p in include_path or []))
+
+
+@functools.cache
+def _task_manager(include_path: tuple[str, ...]) -> Any:
+    # indexing lm-eval's registry (thousands of YAMLs) takes seconds: once per process and set of folders
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=[str(builtin_task_dir()), *include_path])
 
 
 def check_tasks(tasks: list[str], manager: Any) -> None:
