@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunelab.inference.decoding import SamplingOptions, Sequence
 from tunelab.inference.prompts import prompt_ids
-from tunelab.serve.engine import Engine, Job
+from tunelab.serve.engine import Engine, Job, submit_async
 from tunelab.serve.schemas import ApiError, ChatRequest, CompletionRequest, SamplingBody, validation_message
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -171,18 +171,7 @@ def create_app(loaded: Any, *, api_key: str | None = None, model_id: str | None 
         return "length" if row.finish_reason == "length" else "stop"
 
     async def run_job(ids: list[int], options: SamplingOptions) -> tuple[Job, asyncio.Queue]:
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
-
-        def emit(event: tuple) -> None:
-            try:
-                loop.call_soon_threadsafe(events.put_nowait, event)
-            except RuntimeError:  # the loop is gone (server shutting down)
-                pass
-
-        job = Job(ids, options, emit)
-        engine.submit(job)
-        return job, events
+        return await submit_async(engine, ids, options)
 
     async def collect(job: Job, events: asyncio.Queue) -> Sequence:
         try:

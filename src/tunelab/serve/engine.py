@@ -16,6 +16,7 @@ model is never used by two threads at once).
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 from collections import deque
@@ -181,3 +182,20 @@ def _send(job: Job, event: tuple) -> None:
         job.emit(event)
     except Exception:  # noqa: BLE001, S110 - the worker must outlive any one request's listener
         pass
+
+
+async def submit_async(engine: Engine, ids: list[int], options: SamplingOptions) -> tuple[Job, asyncio.Queue]:
+    """Submit a job from async code: its events ("text" / "done" / "error") arrive on the returned queue,
+    handed from the worker thread to the event loop."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+
+    def emit(event: tuple) -> None:
+        try:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+        except RuntimeError:  # the loop is gone (server shutting down)
+            pass
+
+    job = Job(ids, options, emit)
+    engine.submit(job)
+    return job, events
