@@ -129,6 +129,24 @@ class TrainingSection(Section):
     load_best_model_at_end: bool = Field(True, description="keep the checkpoint with the lowest eval loss")
     seed: int = Field(42, ge=0, le=2**32 - 1, description="numpy's seeds are 32-bit")
     threads: int | None = Field(None, gt=0, description="CPU threads for torch (None = torch's default)")
+    report_to: list[str] = Field(
+        default_factory=list, description="experiment trackers besides metrics.jsonl: tensorboard, mlflow, wandb, trackio"
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _known_trackers(cls, v: Any) -> Any:
+        from tunelab.training.trackers import TRACKERS
+
+        names = [v] if isinstance(v, str) else v
+        if not isinstance(names, list):
+            return v
+        names = [n for n in names if n != "none"]
+        for name in names:
+            if name not in TRACKERS:
+                raise ValueError(f"unknown tracker {name!r}{_did_you_mean(str(name), list(TRACKERS))}; expected "
+                                 f"any of {', '.join(TRACKERS)} (a list, or one name)")  # fmt: skip
+        return list(dict.fromkeys(names))
 
     @field_validator("optimizer")
     @classmethod
@@ -525,6 +543,7 @@ def check_before_loading(cfg: _RunConfigBase, *, output_dir: bool = True, model:
         _check_output_dir(cfg, where)
     notes += _check_init_from(cfg, where, strict=strict)
     _check_optimizer(cfg, where)
+    _check_trackers(cfg, where)
     if cfg.evaluation.enabled and isinstance(cfg.evaluation.probes, str):  # a probe file: read before any folder is made
         from tunelab.evaluation.probes import load_probes
 
@@ -532,6 +551,15 @@ def check_before_loading(cfg: _RunConfigBase, *, output_dir: bool = True, model:
     if model:
         notes += _check_model(cfg, where, strict=strict)
     return notes
+
+
+def _check_trackers(cfg: _RunConfigBase, where: _Where) -> None:
+    from tunelab.training.trackers import missing_tracker
+
+    missing = missing_tracker(cfg.training.report_to)
+    if missing is not None:
+        raise where.error(f"tracker {missing[0]!r} is not installed", field="training.report_to",
+                          expected=f"{missing[1]}, or leave it out of training.report_to")  # fmt: skip
 
 
 def _check_optimizer(cfg: _RunConfigBase, where: _Where) -> None:

@@ -193,7 +193,7 @@ def measure(cfg: Any, *, steps: int = MEASURE_STEPS, trained_fraction: float = 1
     rows = synthetic_rows(t.batch_size * t.grad_accum * steps, cfg.data.max_length, vocab,
                           trained_fraction=trained_fraction, seed=t.seed, attention_mask=not packed)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="tunelab-measure-") as tmp:
-        args = training_arguments(cfg, Path(tmp), precision, has_eval=False, n_train=len(rows))
+        args = training_arguments(cfg, Path(tmp), precision, has_eval=False, n_train=len(rows), report_to="none")
         make = loss_trainer(stage.loss, sliced_logits=method.sliced_logits)
         collator = kind.collator(tokenizer, padding_free=packed)
         if hasattr(model, "config"):

@@ -143,9 +143,17 @@ def apply_method(ctx: Context, model: Any) -> tuple[Any, str]:
     return model, report
 
 
-def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict], *,
-        loss_options: dict[str, Any] | None = None, build_trainer: Any = None, args_class: Any = None,
-        extra_args: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict], **options: Any) -> dict[str, Any]:
+    """Train with the shared Trainer setup (`_fit`), the chosen experiment trackers pointed inside the run."""
+    from tunelab.training.trackers import tracker_environment
+
+    with tracker_environment(ctx.cfg.training.report_to, ctx.run.path):
+        return _fit(ctx, model, train_rows, eval_rows, **options)
+
+
+def _fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict], *,
+         loss_options: dict[str, Any] | None = None, build_trainer: Any = None, args_class: Any = None,
+         extra_args: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """Train with the shared Trainer setup; returns throughput and memory figures.
 
     The stage's loss (`Stage.loss`, with `loss_options` such as class weights) picks the Trainer; a
