@@ -8,10 +8,10 @@ import tunelab
 
 # most specific prefix first; a module's layer is that of the first prefix it starts with
 LAYERS = [
-    ("tunelab.__main__", 8), ("tunelab.cli", 8), ("tunelab.commands", 8), ("tunelab.serve", 8),
-    ("tunelab.evaluation.crossval", 7), ("tunelab.api", 7),
+    ("tunelab.__main__", 8), ("tunelab.cli", 8), ("tunelab.commands", 8), ("tunelab.serve", 8), ("tunelab.ui", 8),
+    ("tunelab.evaluation.crossval", 7), ("tunelab.api", 7), ("tunelab.workspace", 7),
     ("tunelab.export", 6), ("tunelab.planning", 6), ("tunelab.evaluation.generation_eval", 2), ("tunelab.evaluation.probes", 2), ("tunelab.evaluation.metrics", 1),
-    ("tunelab.evaluation.bootstrap", 1), ("tunelab.evaluation.plots", 1), ("tunelab.evaluation", 6),
+    ("tunelab.evaluation.bootstrap", 1), ("tunelab.evaluation.ratings", 1), ("tunelab.evaluation.plots", 1), ("tunelab.evaluation", 6),
     ("tunelab.runs.loading", 5),
     ("tunelab.config", 4),
     ("tunelab.stages", 3),

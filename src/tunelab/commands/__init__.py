@@ -10,7 +10,7 @@ import importlib
 
 import typer
 
-COMMAND_MODULES: tuple[str, ...] = ("data", "evaluate", "use", "plan")
+COMMAND_MODULES: tuple[str, ...] = ("data", "evaluate", "use", "plan", "ui")
 
 
 def register_all(app: typer.Typer) -> None:

@@ -174,7 +174,8 @@ class MetricsFileCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
         if not logs or not state.is_world_process_zero:
             return
-        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
+        # max_steps: how far the run has to go, for progress and ETA read from the file (`tunelab ui`)
+        row = {"step": state.global_step, "max_steps": state.max_steps, "epoch": round(state.epoch or 0.0, 4), **logs}
         row["time_s"] = round(time.time() - self.start, 2)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
@@ -275,7 +276,9 @@ def training_arguments(cfg: Any, output_dir: Path, precision: str, *, has_eval: 
         greater_is_better=False,
         seed=t.seed,
         data_seed=t.seed,
-        report_to="none",
+        # trackers: pointed inside the run by `trackers` (a memory measurement passes "none")
+        report_to=extra.pop("report_to", list(t.report_to) or "none"),
+        run_name=cfg.name,
         disable_tqdm=True,  # replaced by RichProgressCallback
         logging_nan_inf_filter=False,  # a NaN loss is logged as NaN (and NonFiniteGuard stops the run)
         remove_unused_columns=False,

@@ -1,0 +1,1 @@
+"""`tunelab ui`: a local web app over the workspace, evaluation and serve APIs."""
