@@ -25,36 +25,11 @@ from typing import Any
 import yaml
 
 from tunelab.errors import TunelabError
-from tunelab.runs.layout import RunDir, read_metrics
-
-try:
-    import fcntl
-except ImportError:  # Windows: a run's lock cannot be probed; a "running" run is taken at its word
-    fcntl = None  # type: ignore[assignment]
+from tunelab.runs.layout import RunDir, read_metrics, read_own_json
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 UPLOAD_LIMIT = 64 * 2**20
 CURVE_KEYS = ("loss", "eval_loss", "learning_rate", "grad_norm")
-
-
-def process_holds(run: RunDir) -> bool:
-    """Whether a live process holds the run's lock (a run whose process died stays "running" in run.json)."""
-    lock = run.path / "run.lock"
-    if fcntl is None or not lock.is_file():
-        return fcntl is None
-    with lock.open("r", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
-
-
-def lock_holder(run: RunDir) -> int | None:
-    lock = run.path / "run.lock"
-    text = lock.read_text(encoding="utf-8").strip() if lock.is_file() else ""
-    return int(text) if text.isdigit() else None
 
 
 def progress(rows: list[dict[str, Any]], status: dict[str, Any]) -> dict[str, Any]:
@@ -121,7 +96,7 @@ class Workspace:
     def state(self, run: RunDir, status: dict[str, Any]) -> str:
         """complete / failed / running / stopped (run.json says running, but no process holds the run)."""
         said = status.get("status") or "unknown"
-        if said == "running" and not process_holds(run):
+        if said == "running" and not run.is_held():
             process = self.processes.get(run.path.name)
             return "running" if process is not None and process.poll() is None else "stopped"
         return said
@@ -163,15 +138,13 @@ class Workspace:
 
     def automatic_metrics(self, contestant: str) -> dict[str, float]:
         """The held-out metrics a run's eval.json holds for a contestant ("RUN" tuned, "RUN:base" base)."""
-        import json
-
         from tunelab.evaluation.arena import contestant_run
 
         name, base = contestant_run(contestant)
-        path = self.root / name / "eval.json"
-        if not path.is_file():
+        run = RunDir(self.root / name)
+        if not run.eval_json.is_file():
             return {}
-        metrics = json.loads(path.read_text(encoding="utf-8")).get("metrics", {}).get("base" if base else "tuned", {})
+        metrics = read_own_json(run.eval_json, dict).get("metrics", {}).get("base" if base else "tuned", {})
         return {k: v for k, v in metrics.items() if isinstance(v, int | float) and k != "n"}
 
     # -- drafting a run -----------------------------------------------------------------------------
@@ -286,8 +259,8 @@ class Workspace:
         """Stop a run's process (SIGTERM to its process group): it can be resumed from its last checkpoint."""
         run = self.run_dir(name)
         process = self.processes.get(name)
-        pid = process.pid if process is not None and process.poll() is None else lock_holder(run)
-        if pid is None or not process_holds(run) and process is None:
+        pid = process.pid if process is not None and process.poll() is None else run.holder_pid()
+        if pid is None or not run.is_held() and process is None:
             return False
         try:
             os.killpg(os.getpgid(pid), signal.SIGTERM) if process is not None else os.kill(pid, signal.SIGTERM)

@@ -60,3 +60,13 @@ def test_a_run_in_use_is_refused_to_a_second_process(tiny_config):
         holder.kill()
         holder.wait()
     assert RunDir(tunelab.resume(run.path).run_dir).is_complete  # the lock died with its process
+
+
+def test_is_held_while_a_process_holds_the_lock_and_not_after(tmp_path):
+    import os
+
+    run = RunDir(tmp_path / "run")
+    assert not run.is_held() and run.holder_pid() is None  # never locked
+    with run.lock():
+        assert run.is_held() and run.holder_pid() == os.getpid()
+    assert not run.is_held() and run.holder_pid() == os.getpid()  # the last holder, no longer holding

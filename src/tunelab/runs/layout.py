@@ -99,6 +99,28 @@ class RunDir:
         finally:
             handle.close()  # releases the lock
 
+    def is_held(self) -> bool:
+        """Whether a live process holds the run (`lock`); a run whose process died, however, stays
+        "running" in run.json, and is not held. Without advisory locks (Windows) the answer is True."""
+        lock = self.path / "run.lock"
+        if fcntl is None:
+            return True
+        if not lock.is_file():
+            return False
+        with lock.open("r", encoding="utf-8") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return False
+
+    def holder_pid(self) -> int | None:
+        """The pid `lock` wrote: the process that holds (or last held) the run."""
+        lock = self.path / "run.lock"
+        text = lock.read_text(encoding="utf-8").strip() if lock.is_file() else ""
+        return int(text) if text.isdigit() else None
+
     def start(self, *, resume: bool) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         now = time.strftime("%Y-%m-%dT%H:%M:%S")

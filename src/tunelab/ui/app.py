@@ -29,11 +29,13 @@ from fastapi.responses import (
     RedirectResponse,
     StreamingResponse,
 )
+from fastapi.staticfiles import StaticFiles
 
 from tunelab.errors import TunelabError
 from tunelab.evaluation import arena
 from tunelab.inference.decoding import SamplingOptions
 from tunelab.inference.prompts import prompt_ids
+from tunelab.runs.layout import RunDir
 from tunelab.serve.engine import submit_async
 from tunelab.ui.models import ModelPool
 from tunelab.workspace import Workspace
@@ -100,12 +102,7 @@ def create_app(runs_dir: str | Path, *, api_key: str | None = None, max_loaded: 
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
-    @app.get("/static/{name}")
-    async def static(name: str) -> FileResponse:
-        path = STATIC / name
-        if "/" in name or name.startswith(".") or not path.is_file():
-            return PlainTextResponse("not found", status_code=404)
-        return FileResponse(path)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/favicon.ico")
     async def favicon() -> FileResponse:
@@ -301,13 +298,13 @@ def _sse(payload: dict[str, Any]) -> bytes:
 
 def _held_out_prompt(root: Path, contestants: list[str], rng: random.Random) -> str:
     """A held-out input of one of the contestants' runs (what their evaluation answered)."""
+    from tunelab.runs.artifacts import read_predictions
+
     for contestant in contestants:
-        path = root / arena.contestant_run(contestant)[0] / "predictions.jsonl"
-        if path.is_file():
-            inputs = [json.loads(line).get("input") for line in path.read_text(encoding="utf-8").splitlines() if line]
-            inputs = [i for i in inputs if isinstance(i, str) and i.strip()]
-            if inputs:
-                return rng.choice(inputs)
+        inputs = [p.input for p in read_predictions(RunDir(root / arena.contestant_run(contestant)[0]).predictions)
+                  if p.input and p.input.strip()]  # fmt: skip
+        if inputs:
+            return rng.choice(inputs)
     raise TunelabError("the chosen runs have no held-out prompts", field="prompt", expected="type a prompt")
 
 
