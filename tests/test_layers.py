@@ -18,7 +18,7 @@ LAYERS = [
     ("tunelab.inference", 2), ("tunelab.training.trainer", 2), ("tunelab.training.losses", 2),
     ("tunelab.training", 1), ("tunelab.runs", 1), ("tunelab.data", 1), ("tunelab.models", 1),
     ("tunelab.methods", 1), ("tunelab.reporting", 1), ("tunelab.rewards", 1),
-    ("tunelab.errors", 0), ("tunelab.files", 0), ("tunelab.paths", 0), ("tunelab.progress", 0),
+    ("tunelab.allocator", 0), ("tunelab.errors", 0), ("tunelab.files", 0), ("tunelab.paths", 0), ("tunelab.progress", 0),
     ("tunelab.yaml_files", 0),
 ]  # fmt: skip
 

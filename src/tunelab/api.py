@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunelab.allocator import active as active_allocator
 from tunelab.config import RunConfig, dump_config, resolve_config
 from tunelab.errors import TunelabError
 from tunelab.paths import check_removable, remove_owned
@@ -61,7 +62,7 @@ def train(
                     remove_owned(run.path, markers=markers, what="a tunelab run")
             held.enter_context(run.lock())
             run.start(resume=False)
-            run.write_status(world_size=current.size)
+            run.write_status(world_size=current.size, malloc=active_allocator() or "system")
             run.config.write_text(dump_config(cfg), encoding="utf-8")
 
         share_outcome(current, prepare)

@@ -190,6 +190,10 @@ def main(argv: list[str] | None = None) -> None:
         for arg in args:
             if "\0" in arg:
                 raise TunelabError(f"argument {arg!r} contains a NUL character", expected="paths and values without NUL")
+        if argv is None:  # a real command line: start again on tcmalloc/jemalloc when the machine has one
+            from tunelab.allocator import reexec_with_preload
+
+            reexec_with_preload(args)
         app(args=args, prog_name="tunelab")
     except TunelabError as exc:
         if _debug:

@@ -2,11 +2,14 @@
 a bad data file shows its FILE:LINE errors in the form and starts nothing; a tiny run started from the
 form progresses and completes; its report opens; chat streams from it and its base; arena votes move
 the leaderboard; the export is preference data. Zero console errors, and every request the browser
-makes goes to 127.0.0.1. The screenshots in docs/ui/ (shown in the README) are taken here."""
+makes goes to 127.0.0.1. The screenshots in docs/ui/ (shown in the README) are taken here: with
+TUNELAB_SCREENSHOTS=1 (`make screenshots`) they are written there; otherwise into the test's temporary
+folder, so a test run leaves the checkout as it found it."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -14,7 +17,7 @@ import pytest
 
 from reporting.browser import find_chromium
 
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "ui"
+DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "ui"
 PROMPT = "What colour is the sun number 3?"
 
 
@@ -35,7 +38,8 @@ def browser():
 class Watched:
     """A page whose console errors, uncaught errors and requests are recorded."""
 
-    def __init__(self, browser, url: str) -> None:
+    def __init__(self, browser, url: str, shots: Path) -> None:
+        self.shots = shots
         self.page = browser.new_page(viewport={"width": 1280, "height": 900})
         self.errors: list[str] = []
         self.requests: list[str] = []
@@ -50,8 +54,8 @@ class Watched:
         self.page.wait_for_selector("body[data-ready='1']")
 
     def shot(self, name: str) -> None:
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+        self.shots.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
 
 
 def until(page, expression: str, timeout: float = 60.0) -> None:
@@ -77,7 +81,7 @@ def fill_form(page, **fields) -> None:
 def test_the_app_end_to_end(browser, serve_ui, tmp_path, tiny_model, qa_file):
     runs = tmp_path / "runs"
     server = serve_ui(runs, seed=0)
-    ui = Watched(browser, server.url)
+    ui = Watched(browser, server.url, DOCS_SHOTS if os.environ.get("TUNELAB_SCREENSHOTS") == "1" else tmp_path / "shots")
     page = ui.page
 
     # 1. a bad data file: its FILE:LINE errors in the form, and nothing starts
@@ -192,7 +196,7 @@ def test_the_app_end_to_end(browser, serve_ui, tmp_path, tiny_model, qa_file):
 
 def test_the_api_key_guards_every_page(browser, serve_ui, tmp_path):
     server = serve_ui(tmp_path / "runs", api_key="sesame")
-    ui = Watched(browser, server.url)
+    ui = Watched(browser, server.url, tmp_path / "shots")
     response = ui.page.goto(f"{server.url}/")
     assert response.status == 401 and "?key=" in ui.page.inner_text("body")
     ui.errors.clear()  # that refusal was the point
