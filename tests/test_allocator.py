@@ -45,6 +45,14 @@ def test_a_missing_library_is_refused_only_when_asked_for_by_name(monkeypatch):
     assert "apt-get install libjemalloc2" in str(info.value)
 
 
+def test_only_the_tunelab_program_re_executes():
+    assert allocator.started_as_tunelab(["/venv/bin/python", "/venv/bin/tunelab", "train", "c.yaml"])
+    assert allocator.started_as_tunelab(["python", "-u", "-m", "tunelab", "train"])
+    assert not allocator.started_as_tunelab(["python", "/venv/bin/pytest", "tests"])  # pytest calling main()
+    assert not allocator.started_as_tunelab(["python", "-m", "pytest"])
+    assert not allocator.started_as_tunelab(["python"])
+
+
 def test_active_reads_the_process_maps(tmp_path):
     maps = tmp_path / "maps"
     maps.write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4.5.10\n")

@@ -92,9 +92,21 @@ def preload(environ: dict[str, str] | None = None) -> Path | None:
     return None
 
 
+def started_as_tunelab(orig_argv: list[str] | None = None) -> bool:
+    """Whether this interpreter was started as the `tunelab` program (its console script or `python -m
+    tunelab`), not as another program that calls tunelab's CLI (pytest): only then may it re-execute."""
+    argv = list(getattr(sys, "orig_argv", []) if orig_argv is None else orig_argv)
+    rest = argv[1:]
+    while rest and rest[0].startswith("-") and rest[0] != "-m":  # interpreter flags (-u, -X …)
+        rest = rest[2:] if rest[0] in ("-X", "-W") else rest[1:]
+    return bool(rest) and (Path(rest[0]).name == "tunelab" or rest[:2] == ["-m", "tunelab"])
+
+
 def reexec_with_preload(args: list[str]) -> None:
     """Replace this process by `python -m tunelab ARGS` with the chosen allocator preloaded; return
-    (doing nothing) when there is none to preload."""
+    (doing nothing) when there is none to preload, or when this process is not the `tunelab` program."""
+    if not started_as_tunelab():
+        return
     library = preload()
     if library is None:
         return
