@@ -20,8 +20,14 @@ here with plain transformers + peft and labels built from `apply_chat_template` 
 Each run is its own process; the recipes alternate, `--repeats` times; ratios are printed per pair
 with min and median.
 
+The allocator (`--malloc`, both recipes, or `--malloc-trl` / `--malloc-tunelab` for one): `auto` runs a
+recipe as the `tunelab` command runs (src/tunelab/allocator.py: tcmalloc preloaded when installed);
+`glibc` preloads nothing; `tcmalloc` / `jemalloc` preload that one. Anyone can preload tcmalloc under
+TRL too, so the fair "best peer" is TRL on the allocator that trains it fastest.
+
     .venv/bin/python benchmarks/vs_trl.py                      # lora-qkvo, 3 pairs
     .venv/bin/python benchmarks/vs_trl.py --method lora-all --repeats 2
+    .venv/bin/python benchmarks/vs_trl.py --malloc tcmalloc     # both recipes on tcmalloc
     .venv/bin/python benchmarks/vs_trl.py --one tunelab         # one run, JSON on stdout
 """
 
@@ -232,8 +238,20 @@ def one(recipe: str, method: str) -> dict:
         r["peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # before the scoring loads more
         r["tokens_per_second"] = r["tokens"] / r["seconds"]
         r["held_out_loss"] = held_out_loss(r.pop("weights"), r.pop("adapter"))
+    from tunelab.allocator import active
+
     r["method"] = method
+    r["malloc"] = active() or "glibc"
     return r
+
+
+def malloc_env(malloc: str) -> dict[str, str]:
+    """The environment of a recipe's process on allocator `malloc`, preloaded as the `tunelab` command does."""
+    from tunelab import allocator
+
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.ENV)}
+    library = allocator.preload({allocator.ENV: "system" if malloc == "glibc" else malloc})
+    return {**env, "LD_PRELOAD": str(library)} if library else env
 
 
 def main() -> None:
@@ -242,20 +260,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="pairs of runs (TRL, then tunelab)")
     parser.add_argument("--one", choices=["trl", "tunelab"], help="run one recipe in this process; JSON on stdout")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
+    mallocs = ["auto", "glibc", "tcmalloc", "jemalloc"]
+    parser.add_argument("--malloc", choices=mallocs, default="glibc", help="the allocator of both recipes")
+    parser.add_argument("--malloc-trl", choices=mallocs, help="TRL's allocator (default: --malloc)")
+    parser.add_argument("--malloc-tunelab", choices=mallocs, help="tunelab's allocator (default: --malloc)")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(args.one, args.method)))
         return
     runs = []
+    malloc = {"trl": args.malloc_trl or args.malloc, "tunelab": args.malloc_tunelab or args.malloc}
     for i in range(args.repeats):
         for recipe in ("trl", "tunelab"):
             out = subprocess.run([sys.executable, __file__, "--one", recipe, "--method", args.method],
-                                 capture_output=True, text=True)  # fmt: skip
+                                 capture_output=True, text=True, env=malloc_env(malloc[recipe]))  # fmt: skip
             if out.returncode:
                 sys.exit(f"{recipe} failed:\n{out.stderr[-4000:]}")
             r = json.loads(out.stdout.strip().splitlines()[-1])
             runs.append(r)
-            print(f"pair {i + 1} {recipe:8s} {r['tokens_per_second']:7.1f} tok/s  {r['peak_gib']:.2f} GiB  "
+            print(f"pair {i + 1} {recipe:8s} ({r['malloc']}) {r['tokens_per_second']:7.1f} tok/s  {r['peak_gib']:.2f} GiB  "
                   f"held-out loss {r['held_out_loss']:.4f}  ({r['tokens']} tokens, {r['seconds']:.1f} s)", flush=True)  # fmt: skip
     trl = [r for r in runs if r["recipe"] == "trl"]
     ours = [r for r in runs if r["recipe"] == "tunelab"]
@@ -268,7 +291,8 @@ def main() -> None:
     print(f"held-out loss tunelab {statistics.median(r['held_out_loss'] for r in ours):.4f} vs TRL "
           f"{statistics.median(r['held_out_loss'] for r in trl):.4f}")
     if args.json:
-        args.json.write_text(json.dumps({"method": args.method, "runs": runs, "ratios": ratios}, indent=1) + "\n")
+        args.json.write_text(json.dumps({"method": args.method, "malloc": malloc, "runs": runs, "ratios": ratios},
+                                        indent=1) + "\n")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ CPU launcher does (`python -m torch.backends.xeon.run_cpu` preloads tcmalloc by 
 Why: on CPU every tensor is a malloc. glibc's allocator hands large freed blocks back to the system
 and takes them again, so every step pays page faults and zeroing, and it keeps medium-sized freed
 tensors in a fragmented heap. Measured on SmolLM2-135M LoRA training (2-core CPU, 8 × 256 tokens):
-tcmalloc trained 1.8–1.9× faster and its peak RSS was 0.65 GiB lower (benchmarks/allocator.py).
+tcmalloc trained 1.8–1.9× faster and its peak RSS was 0.65 GiB lower (`tunelab plan CONFIG --measure`
+under each allocator; benchmarks/vs_trl.py --malloc and benchmarks/plan_memory.py --malloc compare them).
 
 A preload must be in place before the process starts, so the `tunelab` command re-executes itself
 once with LD_PRELOAD set (Linux only). `TUNELAB_MALLOC` chooses: `auto` (the default: tcmalloc, else

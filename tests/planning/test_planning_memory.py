@@ -12,7 +12,9 @@ from tunelab.methods.registry import METHODS
 from tunelab.planning.architecture import from_config
 from tunelab.planning.hardware import REFERENCE_MODELS
 from tunelab.planning.memory import (
+    ALLOCATOR_CACHE_SHARE,
     CPU_PROCESS_BYTES,
+    CPU_TRAINING_RUNTIME_BYTES,
     four_bit_bytes_per_param,
     optimizer_state_bytes,
     training_memory,
@@ -96,3 +98,44 @@ def test_largest_batch_search():
     assert _largest(lambda b: b <= 37) == 37
     assert _largest(lambda b: False) == 0
     assert _largest(lambda b: True, limit=100) == 100
+
+
+def test_the_batched_packed_attention_backward_holds_three_score_tensors():
+    """The planner's "attention backward" phase: the backward of `training.packed_attention`'s batched
+    path holds three fp32 rows × heads × s × s tensors at once, read with torch's profiler."""
+    import torch
+
+    from tunelab.planning.measure import tensor_peak
+    from tunelab.training import packed_attention as pa
+
+    rows, heads, kv_heads, longest, dim = 4, 4, 2, 128, 8
+    assert pa.batched(rows, longest, heads)
+    position_ids = torch.arange(longest).repeat(rows)[None]
+    layout = pa._layout(position_ids, heads)
+    total = rows * longest
+    q = torch.randn(1, heads, total, dim, requires_grad=True)
+    k = torch.randn(1, kv_heads, total, dim, requires_grad=True)
+    v = torch.randn(1, kv_heads, total, dim, requires_grad=True)
+    out = pa._batched_attention(q, k, v, layout, None)
+    grad = torch.randn_like(out)
+    scores = 4 * rows * heads * longest * longest
+    peak = tensor_peak(lambda: out.backward(grad), 0.0)
+    # the rest (padded q, k, v, the output's gradient and theirs) is under a third of a score tensor here
+    assert 3 * scores <= peak <= 3.33 * scores
+
+
+def test_cpu_estimates_count_the_runtime_and_the_allocator_cache():
+    arch = _smollm2()
+    tr = trainables(arch, "lora", METHODS["lora"].options())
+    w = Workload(batch_size=2, seq_len=128, device="cpu", precision="bf16")
+    plain = training_memory(arch, tr, replace(w, malloc="glibc-mmap"))
+    cuda = training_memory(arch, tr, replace(w, device="cuda"))
+    assert plain.term("allocator") == 0 and cuda.term("runtime") == 0 and cuda.term("allocator") == 0
+    assert plain.term("runtime") == CPU_TRAINING_RUNTIME_BYTES["bf16"]
+    for name, share in ALLOCATOR_CACHE_SHARE.items():
+        m = training_memory(arch, tr, replace(w, malloc=name))
+        freed = m.activations.saved_bytes + m.term("logits")
+        assert m.term("allocator") == pytest.approx(share * freed)
+        assert m.peak_allocated == pytest.approx(plain.peak_allocated + share * freed)
+    unknown = training_memory(arch, tr, replace(w, malloc="mimalloc"))
+    assert unknown.term("allocator") == 0 and any("mimalloc" in n for n in unknown.notes)

@@ -80,7 +80,8 @@ def _print(result: Any) -> None:
     if m is not None:
         estimate = result.memory.peak_allocated
         error = 100 * (estimate - m.growth_bytes) / m.growth_bytes if m.growth_bytes > 0 else float("nan")
-        table.add_row("measured", "peak", size_text(m.peak_bytes), f"{m.how}; {m.steps} steps in {m.seconds:.1f} s")
+        table.add_row("measured", "peak", size_text(m.peak_bytes),
+                      f"{m.how} ({m.malloc} malloc); {m.steps} steps in {m.seconds:.1f} s")
         table.add_row("", "growth over baseline", size_text(m.growth_bytes),
                       f"baseline {size_text(m.baseline_bytes)}; estimate {size_text(estimate)} ({error:+.1f}%)")  # fmt: skip
         if m.tensor_peak_bytes:

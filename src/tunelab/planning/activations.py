@@ -46,6 +46,7 @@ class _Trace:
     weight_copies: float = 0.0  # bytes per step: low-precision weight copies kept for backward
     per_row: float = 0.0  # bytes per row (s × s attention scores of the math kernel)
     mask_per_row: float = 0.0  # bytes per row, once per micro-batch: the batched packed attention's mask
+    scores_per_row: float = 0.0  # bytes per row alive at once in the batched packed attention's backward
     counter: int = 0
 
     def new(self, elems: float, nbytes: int, rg: bool, name: str = "t") -> _T:
@@ -76,6 +77,7 @@ class Activations:
     recompute_block: float  # bytes per token of the block recomputed in backward (checkpointing)
     recompute_weight_copies: float
     math_attention: float = 0.0  # bytes per micro-batch not per token: s × s scores and masks, a prompt encoder
+    attention_backward: float = 0.0  # bytes per micro-batch: the batched packed attention's backward scores
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -218,6 +220,9 @@ class _Block:
             # short packed rows attend as one padded batch (`training.packed_attention`): q, k and v padded
             # (the worst case has no padding), the backward recomputes the rest; one mask per micro-batch
             self.t.mask_per_row = FP32 * self.seq * kv_len
+            # its backward rebuilds the fp32 probabilities and holds them, their gradient and the softmax
+            # backward's difference at once: three rows × heads × s × s tensors (freed after the layer)
+            self.t.scores_per_row = 3 * FP32 * arch.heads * self.seq * kv_len
         else:
             self.t.keep(self.t.new(arch.attn_dim, self.cb, True, name + ".out"))
             self.t.keep_bytes(name + ".lse", FP32 * arch.heads)
@@ -318,7 +323,7 @@ def activations(arch: Architecture, tr: Trainables, w: Workload, *, lora_dropout
     x = _Block(arch, w, {}, top, norms_train=set(), prefix=False, lora_dropout=0).dropout(x, arch.hidden_dropout, "embd")
     per_layer: list[float] = []
     per_row = 0.0
-    mask_per_row = 0.0
+    mask_per_row = scores_per_row = 0.0
     copies = 0.0
     recompute_block = recompute_copies = 0.0
     norms_by_layer = _trained_block_modules(arch, tr)
@@ -347,6 +352,7 @@ def activations(arch: Architecture, tr: Trainables, w: Workload, *, lora_dropout
             per_row += trace.per_row
         copies += trace.weight_copies
         mask_per_row = max(mask_per_row, trace.mask_per_row)
+        scores_per_row = max(scores_per_row, trace.scores_per_row)
     final = next((p for p in arch.top if p.kind == "norm"), None)
     head_trace = _Trace()
     if final is not None:
@@ -372,7 +378,8 @@ def activations(arch: Architecture, tr: Trainables, w: Workload, *, lora_dropout
         per_token_by_layer=per_layer, per_token_top=top.per_token, per_logit_position=per_logit, weight_copies=copies,
         tokens=tokens, logit_positions=logit_positions, checkpointed=w.gradient_checkpointing,
         recompute_block=recompute_block, recompute_weight_copies=recompute_copies,
-        math_attention=(per_row + mask_per_row) * w.rows + encoder, notes=notes,
+        math_attention=(per_row + mask_per_row) * w.rows + encoder, attention_backward=scores_per_row * w.rows,
+        notes=notes,
     )  # fmt: skip
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunelab.allocator import active
 from tunelab.errors import TunelabError
 
 MEASURE_STEPS = 3  # optimizer steps: the first creates the optimizer's states, later ones run with them
@@ -44,6 +45,7 @@ class Measured:
     how: str
     notes: list[str] = field(default_factory=list)
     tensor_peak_bytes: float | None = None  # CPU with tensors=True: the most bytes torch's tensors held at once
+    malloc: str = "glibc"  # the allocator the process ran on (CPU RSS depends on it)
 
     @property
     def growth_bytes(self) -> float:
@@ -53,7 +55,8 @@ class Measured:
         return {"device": self.device, "peak_bytes": round(self.peak_bytes), "baseline_bytes": round(self.baseline_bytes),
                 "growth_bytes": round(self.growth_bytes), "steps": self.steps, "seconds": round(self.seconds, 2),
                 "tokens": self.tokens, "how": self.how, "notes": self.notes,
-                "tensor_peak_bytes": None if self.tensor_peak_bytes is None else round(self.tensor_peak_bytes)}  # fmt: skip
+                "tensor_peak_bytes": None if self.tensor_peak_bytes is None else round(self.tensor_peak_bytes),
+                "malloc": self.malloc}  # fmt: skip
 
 
 def _status_kib(field_name: str) -> int | None:
@@ -238,4 +241,5 @@ def measure(cfg: Any, *, steps: int = MEASURE_STEPS, trained_fraction: float = 1
         how += f" (MALLOC_MMAP_THRESHOLD_={os.environ['MALLOC_MMAP_THRESHOLD_']}: freed tensors leave the RSS)"
     tokens = len(rows) * cfg.data.max_length
     return Measured(device=device, peak_bytes=peak, baseline_bytes=baseline, steps=steps, seconds=seconds,
-                    tokens=tokens, how=how, notes=notes, tensor_peak_bytes=tensor_bytes)  # fmt: skip
+                    tokens=tokens, how=how, notes=notes, tensor_peak_bytes=tensor_bytes,
+                    malloc=active() or "glibc")  # fmt: skip

@@ -32,14 +32,23 @@ FP32 = 4
 # 2-core CPU machine (VmRSS, 525 MiB). Other builds differ by ±100s of MiB; `plan --measure` reads
 # the real figure of the running process.
 CPU_PROCESS_BYTES = 525 * 2**20
-# What a CPU process's RSS gains besides tensors once it trains, read on hidden-64 Llamas (LoRA and full
-# fine-tuning, batch 2 × 64 to 8 × 256 tokens, fp32 and bf16) with glibc's mmap threshold fixed so that
-# freed tensors leave the RSS: 10 MiB between loading the model and the first step (the Trainer,
-# accelerate, optimizer and dataloader set-up), then what the first forward and backward leave resident
-# for good — kernels' code and caches: 16 MiB in fp32, 34–37 MiB under bf16 autocast (oneDNN's bf16
-# kernels). The same within ±3 MiB across those runs; not scaled with the model (unchecked on large ones).
-CPU_TRAINING_STARTUP_BYTES = 10 * 2**20
-CPU_FIRST_STEP_BYTES = {"fp32": 16 * 2**20, "bf16": 36 * 2**20, "fp16": 36 * 2**20}
+# What a CPU process's RSS gains besides tensors once it trains: the Trainer, accelerate, optimizer and
+# dataloader set-up, and what the first forward and backward leave resident for good (kernels' code and
+# caches, OpenMP's threads; oneDNN's bf16 kernels add more). Read as RSS growth minus the peak of live
+# tensors (torch's profiler) in a fresh process, as `tunelab train` starts, on the unit tests' tiny Llama
+# (hidden 64, so its tensors are a few MiB) with glibc's mmap threshold fixed at 64 KiB so that freed
+# tensors leave the RSS: LoRA and full, batch 2 and 8 × 64 and 256 tokens (benchmarks/plan_memory.py
+# --tiny --malloc fixed tensors): 92–95 MiB in fp32, 114–124 MiB under bf16 autocast. Not scaled with
+# the model (unchecked on large ones).
+CPU_TRAINING_RUNTIME_BYTES = {"fp32": 94 * 2**20, "bf16": 120 * 2**20, "fp16": 120 * 2**20}
+# What the allocator holds at the step's peak beyond the live tensors — freed blocks it keeps for reuse
+# (glibc's heap below its mmap threshold, tcmalloc's and jemalloc's caches) — as a share of the bytes a
+# step allocates and frees again (activations, autocast's weight copies, logits). An empirical share,
+# fitted to SmolLM2-135M (12 cases: LoRA, full, QLoRA × batch 2, 8 × 64, 256 tokens; benchmarks/
+# plan_memory.py --malloc NAME) as the median of (RSS growth − the rest of the estimate) ÷ those bytes;
+# tcmalloc 0.14 (the cases ranged 0.07–0.32), glibc 0.33 (0.14–0.59). `glibc-mmap` is glibc with
+# MALLOC_MMAP_THRESHOLD_ set, which hands freed tensors back at once. jemalloc is not measured yet.
+ALLOCATOR_CACHE_SHARE = {"tcmalloc": 0.14, "glibc": 0.33, "glibc-mmap": 0.0}
 # CUDA context and the kernels torch loads (cuBLAS, cuDNN), outside torch's allocator: not in
 # torch.cuda.max_memory_allocated, but in nvidia-smi. A typical figure for torch 2.x on recent GPUs,
 # not measured here.
@@ -244,15 +253,28 @@ def training_memory(arch: Architecture, tr: Trainables, w: Workload, *, double_q
                           "disk; page cache the kernel may reclaim, but counted in RSS"))  # fmt: skip
         backward_start += mapped
         step += mapped
+    phases = {"backward start": backward_start, "optimizer step": step}
+    if acts.attention_backward:
+        # the last block's attention backward: the head's logits and their gradients are freed by then
+        phases["attention backward"] = backward_start - logit_mem + acts.attention_backward
+        if phases["attention backward"] > backward_start:
+            terms.append(Term("temporary", "attention backward scores", phases["attention backward"] - backward_start,
+                              "the batched packed attention's backward: three fp32 rows × heads × s × s tensors, "
+                              "less the logits freed by then"))  # fmt: skip
     if w.device == "cpu":
-        runtime = CPU_TRAINING_STARTUP_BYTES + CPU_FIRST_STEP_BYTES[w.precision]
+        runtime = CPU_TRAINING_RUNTIME_BYTES[w.precision]
         terms.append(Term("runtime", "training runtime (CPU)", runtime,
                           "Trainer set-up and the kernels' code and caches the first step leaves (measured)"))  # fmt: skip
-        backward_start += runtime
-        step += runtime
-        notes.append("CPU: freed tensors below glibc's mmap threshold stay in the process's heap, so its peak RSS "
-                     "runs above the live tensors counted here (not modelled)")  # fmt: skip
-    phases = {"backward start": backward_start, "optimizer step": step}
+        share = ALLOCATOR_CACHE_SHARE.get(w.malloc)
+        if share is None:
+            notes.append(f"CPU: what the {w.malloc} allocator keeps of freed tensors is not modelled")
+            share = 0.0
+        cached = share * (acts.saved_bytes + logit_mem)
+        if cached:
+            terms.append(Term("allocator", f"allocator cache ({w.malloc})", cached,
+                              f"{share:.0%} of what a step frees again (activations, weight copies, logits): "
+                              "freed blocks the allocator keeps; fitted on SmolLM2-135M (measured)"))  # fmt: skip
+        phases = {k: v + runtime + cached for k, v in phases.items()}
     overhead = CPU_PROCESS_BYTES if w.device == "cpu" else CUDA_CONTEXT_BYTES
     terms.append(Term("overhead", "framework overhead", overhead,
                       "Python + torch + transformers + peft imported (measured RSS)" if w.device == "cpu"

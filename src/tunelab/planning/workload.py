@@ -30,6 +30,7 @@ class Workload:
     device: str = "cuda"  # cuda | cpu
     world_size: int = 1
     strategy: str = "ddp"  # ddp (each rank holds everything) | fsdp (weights, gradients, states sharded)
+    malloc: str = "glibc"  # CPU: the allocator the process runs on (tcmalloc | jemalloc | glibc | glibc-mmap)
 
     @property
     def compute_bytes(self) -> int:
