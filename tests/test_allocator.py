@@ -88,3 +88,13 @@ def test_training_on_tcmalloc_learns_exactly_what_glibc_malloc_learns(tmp_path, 
     assert system.keys() == tc.keys() and system
     for name in system:  # the allocator decides where bytes live, never what they are
         assert system[name].equal(tc[name]), name
+
+
+def test_the_planner_names_glibc_with_a_fixed_mmap_threshold_apart(monkeypatch):
+    monkeypatch.setattr(allocator, "active", lambda: None)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    assert allocator.running() == "glibc"
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert allocator.running() == "glibc-mmap"
+    monkeypatch.setattr(allocator, "active", lambda: "tcmalloc")
+    assert allocator.running() == "tcmalloc"

@@ -69,6 +69,13 @@ def active(maps: Path = Path("/proc/self/maps")) -> str | None:
     return None
 
 
+def running() -> str:
+    """The allocator this process runs on, as the planner names it: "tcmalloc", "jemalloc", "glibc", or
+    "glibc-mmap" (glibc with MALLOC_MMAP_THRESHOLD_ set, which hands freed blocks back at once). For the
+    `tunelab` command (re-executed onto the preload) it is what `tunelab train` runs on too."""
+    return active() or ("glibc-mmap" if os.environ.get("MALLOC_MMAP_THRESHOLD_") else "glibc")
+
+
 def choice(environ: dict[str, str] | None = None) -> str:
     value = (os.environ if environ is None else environ).get(ENV, "auto").strip().lower() or "auto"
     if value not in CHOICES:

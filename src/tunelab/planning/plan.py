@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tunelab.allocator import active
+from tunelab.allocator import running
 from tunelab.errors import TunelabError
 from tunelab.planning.architecture import Architecture, architecture, from_config
 from tunelab.planning.flops import Flops, training_flops
@@ -287,7 +286,7 @@ def plan(config: Any, *, overrides: list[str] | None = None, batch_size: int | N
         trained_fraction=trained_fraction, sequences_per_row=2 if stage.model_kind in ("reward", "policy_lm") and
         not stage.generates_in_loop else 1, reference_forward=stage.reference_model,
         reference_weights=stage.reference_model and cfg.method in ("full", "freeze"), device=device,
-        world_size=world_size, strategy=strategy or _strategy(cfg.distributed), malloc=this_malloc(),
+        world_size=world_size, strategy=strategy or _strategy(cfg.distributed), malloc=running(),
     )  # fmt: skip
     if stage.generates_in_loop:
         notes.append(f"{cfg.task} samples answers inside the loop: generation is not counted, only the training "
@@ -400,15 +399,6 @@ def _fit(arch: Architecture, tr: Trainables, w: Workload, m: Machine, precision:
     return FitRow(machine=m.name, fits=fits, peak_gib=round(memory.peak / GIB, 3),
                   usable_gib=round(m.memory_bytes * CUDA_USABLE_FRACTION / GIB, 1), largest_batch=largest,
                   seconds_per_step=seconds, hours_per_epoch=hours, precision=base.precision, strategy=strat)  # fmt: skip
-
-
-def this_malloc() -> str:
-    """The allocator this process runs on: the `tunelab` command's (preloaded) when the plan comes from it,
-    so the same as `tunelab train`'s; a notebook's own otherwise (training there runs on it too)."""
-    name = active()
-    if name:
-        return name
-    return "glibc-mmap" if os.environ.get("MALLOC_MMAP_THRESHOLD_") else "glibc"
 
 
 def _largest(ok: Any, limit: int = MAX_BATCH) -> int:
