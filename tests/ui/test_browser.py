@@ -199,6 +199,10 @@ def test_the_api_key_guards_every_page(browser, serve_ui, tmp_path):
     ui = Watched(browser, server.url, tmp_path / "shots")
     response = ui.page.goto(f"{server.url}/")
     assert response.status == 401 and "?key=" in ui.page.inner_text("body")
+    for _ in range(50):  # the browser's console echo of that 401 can come after the response: wait for it
+        if any("Failed to load resource" in e for e in ui.errors):
+            break
+        ui.page.wait_for_timeout(100)
     ui.errors.clear()  # that refusal was the point
     ui.page.goto(f"{server.url}/?key=sesame")  # sets the cookie, and takes the key out of the address
     ui.page.wait_for_selector("body[data-ready='1']")
