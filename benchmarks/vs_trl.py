@@ -238,10 +238,10 @@ def one(recipe: str, method: str) -> dict:
         r["peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # before the scoring loads more
         r["tokens_per_second"] = r["tokens"] / r["seconds"]
         r["held_out_loss"] = held_out_loss(r.pop("weights"), r.pop("adapter"))
-    from tunelab.allocator import active
+    from tunelab.allocator import running
 
     r["method"] = method
-    r["malloc"] = active() or "glibc"
+    r["malloc"] = running()
     return r
 
 

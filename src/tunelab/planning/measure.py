@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.allocator import active
+from tunelab.allocator import running
 from tunelab.errors import TunelabError
 
 MEASURE_STEPS = 3  # optimizer steps: the first creates the optimizer's states, later ones run with them
@@ -242,4 +242,4 @@ def measure(cfg: Any, *, steps: int = MEASURE_STEPS, trained_fraction: float = 1
     tokens = len(rows) * cfg.data.max_length
     return Measured(device=device, peak_bytes=peak, baseline_bytes=baseline, steps=steps, seconds=seconds,
                     tokens=tokens, how=how, notes=notes, tensor_peak_bytes=tensor_bytes,
-                    malloc=active() or "glibc")  # fmt: skip
+                    malloc=running())  # fmt: skip
