@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from tunelab.errors import TunelabError
+from tunelab.models.loading import import_deepspeed_only_when_used
 from tunelab.progress import make_progress
 from tunelab.runs.layout import RunDir
 from tunelab.training.distributed import trainer_arguments as distributed_arguments
@@ -231,6 +232,7 @@ def training_arguments(cfg: Any, output_dir: Path, precision: str, *, has_eval: 
     (gradient checkpointing on) are overridden by the run's own settings."""
     from transformers import TrainingArguments
 
+    import_deepspeed_only_when_used()
     args_class = args_class or TrainingArguments
     if args_class is not TrainingArguments:
         extra.setdefault("gradient_checkpointing", cfg.training.gradient_checkpointing)
