@@ -6,7 +6,6 @@ import sys
 
 import pytest
 
-
 UNWRAP = """
 import sys, torch
 from accelerate.utils import other

@@ -13,6 +13,7 @@ from tunelab.planning.architecture import from_config
 from tunelab.planning.hardware import REFERENCE_MODELS
 from tunelab.planning.memory import (
     ALLOCATOR_CACHE_SHARE,
+    CPU_ADAPTER_HALF_RUNTIME_BYTES,
     CPU_PROCESS_BYTES,
     CPU_TRAINING_RUNTIME_BYTES,
     four_bit_bytes_per_param,
@@ -131,7 +132,9 @@ def test_cpu_estimates_count_the_runtime_and_the_allocator_cache():
     plain = training_memory(arch, tr, replace(w, malloc="glibc-mmap"))
     cuda = training_memory(arch, tr, replace(w, device="cuda"))
     assert plain.term("allocator") == 0 and cuda.term("runtime") == 0 and cuda.term("allocator") == 0
-    assert plain.term("runtime") == CPU_TRAINING_RUNTIME_BYTES["bf16"]
+    assert plain.term("runtime") == CPU_TRAINING_RUNTIME_BYTES["bf16"] + CPU_ADAPTER_HALF_RUNTIME_BYTES
+    full = trainables(arch, "full", None)
+    assert training_memory(arch, full, replace(w, malloc="glibc-mmap")).term("runtime") == CPU_TRAINING_RUNTIME_BYTES["bf16"]
     for name, share in ALLOCATOR_CACHE_SHARE.items():
         m = training_memory(arch, tr, replace(w, malloc=name))
         freed = m.activations.saved_bytes + m.term("logits")
