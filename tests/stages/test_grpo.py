@@ -127,7 +127,7 @@ def test_a_gold_rule_needing_a_missing_column_is_refused_before_loading(tmp_path
 
 @pytest.mark.parametrize("method", ["full", "lora", "qlora", "prompt"])
 def test_rloo_on_each_kind_of_method(tmp_path, tiny_model, method):
-    cfg = config(tmp_path, tiny_model, "test_grpo:longer_is_better", "rloo")
+    cfg = config(tmp_path, tiny_model, "stages.test_grpo:longer_is_better", "rloo")
     cfg |= {"name": f"rloo-{method}", "method": method}
     cfg["training"] |= {"max_steps": 2, "lr": 1e-3}
     if method == "prompt":

@@ -34,7 +34,7 @@ def grpo_config(tmp_path: Path, tiny_model: Path, name: str, task: str = "grpo",
         "training": {"max_steps": 4, "batch_size": 4, "lr": 2e-2, "logging_steps": 1, "save_steps": None,
                      "precision": "fp32", "warmup_ratio": 0.0, "threads": 1, **training},
         "evaluation": {"enabled": False},
-        task: {"reward": "test_rl_runs:longer_is_better", "num_generations": 2, "max_completion_length": 4},
+        task: {"reward": "stages.test_rl_runs:longer_is_better", "num_generations": 2, "max_completion_length": 4},
     }  # fmt: skip
 
 
