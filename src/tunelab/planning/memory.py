@@ -42,8 +42,10 @@ CPU_PROCESS_BYTES = 525 * 2**20
 # under bf16 autocast 36–42 MiB for full training and 6.5 MiB more with LoRA (its rank-r matmuls are
 # more shapes for oneDNN's bf16 kernels to build: our reading, not isolated). Within a sitting the cases
 # agree to ±1 MiB; the second sitting read 2.5 MiB (fp32) and 5.5 MiB (bf16) less for every case; the
-# constants are the two sittings' mean. Before tunelab kept accelerate from importing DeepSpeed
-# (models/loading.py) they were 94 and 114–124 MiB. Not scaled with the model (unchecked on large ones).
+# constants are the two sittings' mean. The adapter's 6.5 MiB is added for every method that adds
+# parameters under half precision (measured on LoRA only). Before tunelab kept accelerate from
+# importing DeepSpeed (models/loading.py) they were 94 and 114–124 MiB. Not scaled with the model
+# (unchecked on large ones).
 CPU_TRAINING_RUNTIME_BYTES = {"fp32": 25 * 2**20, "bf16": 39 * 2**20, "fp16": 39 * 2**20}
 CPU_ADAPTER_HALF_RUNTIME_BYTES = int(6.5 * 2**20)
 # What the allocator holds at the step's peak beyond the live tensors — freed blocks it keeps for reuse
