@@ -474,12 +474,14 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_one_line_with_file_and_line_and_exit_2(case: Case, tmp_path: Path, tiny_model: Path,
                                                              tiny_bert: Path, request: pytest.FixtureRequest,
-                                                             capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+                                                             capsys: pytest.CaptureFixture,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     for name in case.needs:
         if BUILTIN_MODELS[name].source_path() is None:
             pytest.skip(f"built-in model {name} is not installed")
     tmp = tmp_path.resolve()
     _write(tmp, case.files, tiny_model, tiny_bert)
+    monkeypatch.chdir(tmp)  # a `train --set …` without a config names its run folder under the cwd
     if case.args[0] == "train":
         request.getfixturevalue("no_model_loading")
     args = [_fill(a, tmp, tiny_model, tiny_bert) for a in case.args]
