@@ -206,6 +206,9 @@ def test_the_api_key_guards_every_page(browser, serve_ui, tmp_path):
     ui.errors.clear()  # that refusal was the point
     ui.page.goto(f"{server.url}/?key=sesame")  # sets the cookie, and takes the key out of the address
     ui.page.wait_for_selector("body[data-ready='1']")
-    assert "key=" not in ui.page.url and not ui.errors
+    # a second echo of the refusal (the keyless page's own requests) can still arrive late; a 401 on
+    # the keyed page would also show as its "401 from URL" response entry, which is kept
+    late_echoes = [e for e in ui.errors if e.startswith("Failed to load resource") and "401" in e]
+    assert "key=" not in ui.page.url and not [e for e in ui.errors if e not in late_echoes]
     ui.page.close()
 
