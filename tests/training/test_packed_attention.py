@@ -90,13 +90,24 @@ def test_peft_models_and_unsupported_models(model_and_tok, tiny_bert):
         assert not used
 
 
-def test_batched_attention_gradients_against_finite_differences():
-    """The hand-written backward (weights recomputed) against torch's numerical gradients, in float64,
-    with grouped queries (6 heads sharing 2 key/value heads) and rows of different lengths."""
+@pytest.mark.parametrize("case", ["one group, weights kept", "one group, weights recomputed",
+                                  "a group per row and one row alone"])  # fmt: skip
+def test_batched_attention_gradients_against_finite_differences(monkeypatch, case):
+    """The hand-written backward against torch's numerical gradients, in float64, with grouped queries
+    (6 heads sharing 2 key/value heads) and rows of different lengths: the weights kept from the forward or
+    recomputed, the rows in one padded group, or in groups of their own with the longest row alone (sdpa)."""
     from types import SimpleNamespace
 
     torch.manual_seed(0)
     lengths = [3, 5, 1, 4]
+    if case == "one group, weights recomputed":
+        monkeypatch.setattr(packed_attention_module, "KEPT_SCORES_LIMIT", 0)
+    if case.startswith("a group per row"):
+        monkeypatch.setattr(packed_attention_module, "GROUP_COST_SCORES", 0)
+        monkeypatch.setattr(packed_attention_module, "BATCHED_SCORES_LIMIT", 6 * 4 * 4)  # the 5-token row goes alone
+        packed_attention_module._LAST = None
+        layout = packed_attention_module._layout(torch.cat([torch.arange(n) for n in lengths])[None], 6)
+        assert [g.rows for g in layout.groups] == [1, 1, 1] and layout.alone == [(3, 8)]
     total = sum(lengths)
     position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
     q = torch.randn(1, 6, total, 4, dtype=torch.float64, requires_grad=True)
@@ -136,3 +147,66 @@ def test_batched_attention_under_bf16_is_as_close_to_fp32_as_the_fused_kernel(mo
                 logits, _ = logits_and_grads(model, batch)
             errors[path] = float((logits.float() - ref_logits).abs().max())
     assert errors["batched"] <= 1.5 * errors["row by row"] + 1e-3, errors
+
+
+def best_grouping_by_enumeration(lengths, heads, group_cost, limit):
+    """Every way to cut the rows, longest first, into runs: the cheapest (an independent reference)."""
+    from itertools import combinations
+
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    alone = [i for i in order if heads * lengths[i] ** 2 > limit]
+    rest = [i for i in order if i not in alone]
+    best = None
+    for k in range(len(rest)):
+        for cuts in combinations(range(1, len(rest)), k):
+            bounds = [0, *cuts, len(rest)]
+            runs = [rest[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+            if any(len(r) * heads * lengths[r[0]] ** 2 > limit for r in runs):
+                continue
+            cost = sum(len(r) * heads * lengths[r[0]] ** 2 + group_cost for r in runs)
+            if best is None or cost < best[0]:
+                best = (cost, sorted(sorted(r) for r in runs))
+    return (best[1] if best else []), sorted(alone)
+
+
+@pytest.mark.parametrize("lengths", [[64] * 8, [220, 50, 49, 47, 46, 46, 43, 33], [197, 68, 50, 49, 49, 47, 46, 46],
+                                     [5, 300, 7, 120, 119, 2, 64, 700], [1]])  # fmt: skip
+def test_rows_are_grouped_at_the_least_cost(monkeypatch, lengths):
+    from tunelab.training.packed_attention import BATCHED_SCORES_LIMIT, GROUP_COST_SCORES, grouping
+
+    groups, alone = grouping(lengths, heads=9)
+    assert (groups, sorted(alone)) == best_grouping_by_enumeration(lengths, 9, GROUP_COST_SCORES, BATCHED_SCORES_LIMIT)
+    assert sorted([i for g in groups for i in g] + alone) == list(range(len(lengths)))  # every row once
+    if len(set(lengths)) == 1:
+        assert groups == [list(range(len(lengths)))]  # equal rows: one group, as the planner assumes
+
+
+def test_several_groups_equal_transformers_block_mask(model_and_tok, monkeypatch):
+    """Rows split into groups (and a row alone) give the block mask's logits and gradients, in fp32."""
+    model, tok = model_and_tok
+    batch = make_collator(tok, padding_free=True)(rows())
+    ref_logits, ref_grads = logits_and_grads(model, batch)
+    monkeypatch.setattr(packed_attention_module, "GROUP_COST_SCORES", 0)
+    heads = model.config.num_attention_heads
+    monkeypatch.setattr(packed_attention_module, "BATCHED_SCORES_LIMIT", heads * 5 * 5)  # the 6-token row alone
+    with packed_attention(model):
+        logits, grads = logits_and_grads(model, batch)
+        layout = packed_attention_module._LAST[1]
+        assert len(layout.groups) == 3 and layout.alone == [(0, 6)] and layout.order is not None
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_kept_weights_give_the_recomputed_gradients_bit_for_bit(model_and_tok, monkeypatch):
+    """Keeping the forward's weights for the backward changes no bit of the loss or the gradients (bf16)."""
+    model, tok = model_and_tok
+    batch = make_collator(tok, padding_free=True)(rows())
+    results = {}
+    for limit in (0, 2**20):
+        monkeypatch.setattr(packed_attention_module, "KEPT_SCORES_LIMIT", limit)
+        with packed_attention(model), torch.autocast("cpu", dtype=torch.bfloat16):
+            results[limit] = logits_and_grads(model, batch)
+    (logits0, grads0), (logits1, grads1) = results[0], results[2**20]
+    assert torch.equal(logits0, logits1)
+    assert grads0.keys() == grads1.keys() and all(torch.equal(grads0[n], grads1[n]) for n in grads0)

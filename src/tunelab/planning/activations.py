@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from tunelab.planning.architecture import Architecture
 from tunelab.planning.trainable import LinearPlan, Trainables
 from tunelab.planning.workload import Workload
-from tunelab.training.packed_attention import batched
+from tunelab.training.packed_attention import batched, kept_weights
 
 FP32 = 4
 # activations implemented as one torch op that keeps its input (or output); others keep more
@@ -47,6 +47,7 @@ class _Trace:
     per_row: float = 0.0  # bytes per row (s × s attention scores of the math kernel)
     mask_per_row: float = 0.0  # bytes per row, once per micro-batch: the batched packed attention's mask
     scores_per_row: float = 0.0  # bytes per row alive at once in the batched packed attention's backward
+    kept_per_row: float = 0.0  # bytes per row: the batched packed attention's weights, kept for its backward
     counter: int = 0
 
     def new(self, elems: float, nbytes: int, rg: bool, name: str = "t") -> _T:
@@ -76,7 +77,7 @@ class Activations:
     checkpointed: bool
     recompute_block: float  # bytes per token of the block recomputed in backward (checkpointing)
     recompute_weight_copies: float
-    math_attention: float = 0.0  # bytes per micro-batch not per token: s × s scores and masks, a prompt encoder
+    math_attention: float = 0.0  # bytes per micro-batch, not per token: s × s scores, weights, masks, an encoder
     attention_backward: float = 0.0  # bytes per micro-batch: the batched packed attention's backward scores
     notes: list[str] = field(default_factory=list)
 
@@ -220,9 +221,16 @@ class _Block:
             # short packed rows attend as one padded batch (`training.packed_attention`): q, k and v padded
             # (the worst case has no padding), the backward recomputes the rest; one mask per micro-batch
             self.t.mask_per_row = FP32 * self.seq * kv_len
-            # its backward rebuilds the fp32 probabilities and holds them, their gradient and the softmax
-            # backward's difference at once: three rows × heads × s × s tensors (freed after the layer)
-            self.t.scores_per_row = 3 * FP32 * arch.heads * self.seq * kv_len
+            scores = FP32 * arch.heads * self.seq * kv_len
+            if kept_weights(w.rows, kv_len, arch.heads):
+                # small groups keep the fp32 weights for the backward, which then holds their gradient and
+                # the softmax backward's product beside them: two more score tensors (freed after the layer)
+                self.t.kept_per_row += scores
+                self.t.scores_per_row = 2 * scores
+            else:
+                # the backward rebuilds the fp32 weights and holds them, their gradient and the softmax
+                # backward's product at once: three rows × heads × s × s tensors (freed after the layer)
+                self.t.scores_per_row = 3 * scores
         else:
             self.t.keep(self.t.new(arch.attn_dim, self.cb, True, name + ".out"))
             self.t.keep_bytes(name + ".lse", FP32 * arch.heads)
@@ -322,7 +330,7 @@ def activations(arch: Architecture, tr: Trainables, w: Workload, *, lora_dropout
         x = _T(x.key, x.elems, x.nbytes, True)  # transformers makes the input require grad for checkpointing
     x = _Block(arch, w, {}, top, norms_train=set(), prefix=False, lora_dropout=0).dropout(x, arch.hidden_dropout, "embd")
     per_layer: list[float] = []
-    per_row = 0.0
+    per_row = kept_per_row = 0.0
     mask_per_row = scores_per_row = 0.0
     copies = 0.0
     recompute_block = recompute_copies = 0.0
@@ -345,11 +353,12 @@ def activations(arch: Architecture, tr: Trainables, w: Workload, *, lora_dropout
         if w.gradient_checkpointing:
             # only the block's input is kept (fp32 hidden states); its tensors are rebuilt, one block at a time
             per_layer.append(FP32 * arch.hidden if x_in.rg or tr.layer_trains[i] else 0.0)
-            recompute_block = max(recompute_block, trace.per_token + trace.per_row / seq)
+            recompute_block = max(recompute_block, trace.per_token + (trace.per_row + trace.kept_per_row) / seq)
             recompute_copies = max(recompute_copies, trace.weight_copies)
         else:
             per_layer.append(trace.per_token)
             per_row += trace.per_row
+            kept_per_row += trace.kept_per_row
         copies += trace.weight_copies
         mask_per_row = max(mask_per_row, trace.mask_per_row)
         scores_per_row = max(scores_per_row, trace.scores_per_row)
@@ -378,7 +387,8 @@ def activations(arch: Architecture, tr: Trainables, w: Workload, *, lora_dropout
         per_token_by_layer=per_layer, per_token_top=top.per_token, per_logit_position=per_logit, weight_copies=copies,
         tokens=tokens, logit_positions=logit_positions, checkpointed=w.gradient_checkpointing,
         recompute_block=recompute_block, recompute_weight_copies=recompute_copies,
-        math_attention=(per_row + mask_per_row) * w.rows + encoder, attention_backward=scores_per_row * w.rows,
+        math_attention=(per_row + kept_per_row + mask_per_row) * w.rows + encoder,
+        attention_backward=scores_per_row * w.rows,
         notes=notes,
     )  # fmt: skip
 

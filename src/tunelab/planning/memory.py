@@ -266,8 +266,8 @@ def training_memory(arch: Architecture, tr: Trainables, w: Workload, *, double_q
         phases["attention backward"] = backward_start - logit_mem + acts.attention_backward
         if phases["attention backward"] > backward_start:
             terms.append(Term("temporary", "attention backward scores", phases["attention backward"] - backward_start,
-                              "the batched packed attention's backward: three fp32 rows × heads × s × s tensors, "
-                              "less the logits freed by then"))  # fmt: skip
+                              "the batched packed attention's backward: two or three fp32 rows × heads × s × s "
+                              "tensors, less the logits freed by then"))  # fmt: skip
     if w.device == "cpu":
         runtime = CPU_TRAINING_RUNTIME_BYTES[w.precision]
         if w.precision != "fp32" and tr.added:

@@ -8,8 +8,10 @@ kernel. Here the packed sequence is cut where `position_ids` restart, two ways:
   side by side, padded to the longest, and attend in one batched matmul → softmax → matmul, with the
   query heads that share a key/value head stacked instead of the keys repeated. On a CPU the fused
   kernel's backward costs ~1.5 ms per call whatever the row's length, so for rows of tens of tokens
-  this is ~2× faster per layer. Like the fused kernel it keeps no scores for the backward (they are
-  recomputed there): only the queries, keys and values, and one mask per forward;
+  this is ~2× faster per layer. The rows are cut into groups (`grouping`) so that one long row does not
+  pad all the short ones to its length. A small group keeps its fp32 attention weights for the backward
+  (`KEPT_SCORES_LIMIT`, a few MiB a layer); a larger one keeps only the queries, keys, values and its
+  mask, and recomputes the weights there, as fused kernels do;
 - longer rows (and attention dropout): each row runs sdpa with `is_causal=True` on its own.
 
 Both give the packed rows' attention (tested against the block mask), with work Σ rowᵢ² or
@@ -23,13 +25,25 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 NAME = "tunelab_packed_sdpa"
 # the most rows × heads × longest² attention scores one layer computes at once on the batched path
 # (fp32: 16 MiB, freed after the layer); more goes row by row
 BATCHED_SCORES_LIMIT = 2**22
+# what one more group of rows costs on the batched path beyond its scores, in scores (rows × heads ×
+# longest²): its dozen small ops; measured on SmolLM2's attention (9 heads, 3 key/value heads, dim 64), bf16
+GROUP_COST_SCORES = 100_000
+# a group with at most this many scores keeps its fp32 attention weights for the backward (4 MiB a layer)
+# instead of recomputing them there: for short rows the recomputation was a fifth of the attention's time
+KEPT_SCORES_LIMIT = 2**20
+
+
+def kept_weights(rows: int, longest: int, heads: int) -> bool:
+    """Whether a group's fp32 attention weights are kept for the backward (else recomputed there): the
+    planner asks this too."""
+    return rows * heads * longest * longest <= KEPT_SCORES_LIMIT
 
 
 def batched(rows: int, longest: int, heads: int) -> bool:
@@ -38,13 +52,25 @@ def batched(rows: int, longest: int, heads: int) -> bool:
 
 
 @dataclass
+class Group:
+    """Packed rows that attend together, each padded to the longest of them."""
+
+    rows: int
+    longest: int
+    tokens: Any  # the group's token positions in the packed sequence, row after row; None: all, in order
+    flat: Any  # where those tokens sit in the (rows × longest) padded layout
+    bias: Any  # (rows, 1, 1, longest, longest) fp32: 0 where a query may attend (causal, inside its row), else -inf
+
+
+@dataclass
 class Layout:
     """Where a packed sequence's rows are, worked out once per forward (every layer reuses it)."""
 
     segments: list[tuple[int, int]]
     longest: int
-    flat: Any = None  # positions of the real tokens in the (rows × longest) padded layout
-    bias: Any = None  # (rows, 1, 1, longest, longest) fp32: 0 where a query may attend (causal, inside its row), else -inf
+    groups: list[Group] = field(default_factory=list)  # the rows on the batched path
+    alone: list[tuple[int, int]] = field(default_factory=list)  # rows too long for it: sdpa, one by one
+    order: Any = None  # puts the groups' and lone rows' outputs, concatenated, back in packed order (None: they are)
 
 
 _LAST: tuple[Any, Layout] | None = None  # the position_ids of the forward in progress and their layout
@@ -61,6 +87,47 @@ def _segments(position_ids: Any) -> list[tuple[int, int]]:
     return list(zip(starts, ends, strict=True))
 
 
+def grouping(lengths: list[int], heads: int) -> tuple[list[list[int]], list[int]]:
+    """Which rows attend together: (groups of row indices, rows that go alone through sdpa).
+
+    A group costs its rows × heads × longest² scores plus a fixed `GROUP_COST_SCORES` for its dozen small
+    ops, so one long row no longer pads every short one to its length: the rows, longest first, are cut
+    into runs at the least total cost (dynamic programming over the cut points). A row whose own scores
+    pass `BATCHED_SCORES_LIMIT` goes alone; so do all rows when the limit is 0."""
+    alone = [i for i, n in enumerate(lengths) if not batched(1, n, heads)]
+    rest = sorted((i for i, n in enumerate(lengths) if batched(1, n, heads)), key=lambda i: -lengths[i])
+    best = [0.0] + [float("inf")] * len(rest)  # best[i]: the cheapest way to group rest[:i]
+    cut = [0] * (len(rest) + 1)
+    for i in range(1, len(rest) + 1):
+        for j in range(i - 1, -1, -1):  # rest[j:i] as one group, padded to rest[j]'s length
+            longest = lengths[rest[j]]
+            if not batched(i - j, longest, heads):
+                break
+            cost = best[j] + (i - j) * heads * longest * longest + GROUP_COST_SCORES
+            if cost < best[i]:
+                best[i], cut[i] = cost, j
+    groups, i = [], len(rest)
+    while i > 0:
+        groups.append(sorted(rest[cut[i]:i]))
+        i = cut[i]
+    return sorted(groups), alone
+
+
+def _group(segments: list[tuple[int, int]], rows: list[int], everything: bool, device: Any) -> Group:
+    import torch
+
+    lengths = torch.tensor([segments[r][1] - segments[r][0] for r in rows])
+    longest = int(lengths.max())
+    at = torch.arange(longest)
+    valid = at[None, :] < lengths[:, None]  # (rows, longest)
+    flat = torch.nonzero(valid.flatten()).flatten().to(device)
+    tokens = None if everything else torch.cat([torch.arange(*segments[r]) for r in rows]).to(device)
+    causal = torch.ones(longest, longest, dtype=torch.bool).tril()
+    keep = (causal[None] & valid[:, None, :])[:, None, None]
+    bias = torch.zeros(keep.shape).masked_fill_(~keep, float("-inf")).to(device)
+    return Group(len(rows), longest, tokens, flat, bias)
+
+
 def _layout(position_ids: Any, heads: int) -> Layout:
     import torch
 
@@ -68,22 +135,24 @@ def _layout(position_ids: Any, heads: int) -> Layout:
     if _LAST is not None and _LAST[0] is position_ids:
         return _LAST[1]
     segments = _segments(position_ids)
-    lengths = torch.tensor([b - a for a, b in segments])
-    layout = Layout(segments, int(lengths.max()))
-    if batched(len(segments), layout.longest, heads):
+    lengths = [b - a for a, b in segments]
+    layout = Layout(segments, max(lengths))
+    groups, alone = grouping(lengths, heads)
+    if groups:
         device = position_ids.device
-        at = torch.arange(layout.longest)
-        valid = at[None, :] < lengths[:, None]  # (rows, longest)
-        layout.flat = torch.nonzero(valid.flatten()).flatten().to(device)
-        causal = torch.ones(layout.longest, layout.longest, dtype=torch.bool).tril()
-        keep = (causal[None] & valid[:, None, :])[:, None, None]
-        layout.bias = torch.zeros(keep.shape).masked_fill_(~keep, float("-inf")).to(device)
+        everything = len(groups) == 1 and not alone
+        layout.groups = [_group(segments, rows, everything, device) for rows in groups]
+        layout.alone = [segments[r] for r in alone]
+        placed = [r for rows in groups for r in rows] + alone  # the rows in the order their outputs come
+        if placed != sorted(placed):
+            where = torch.cat([torch.arange(*segments[r]) for r in placed])
+            layout.order = torch.empty_like(where).index_copy_(0, where, torch.arange(len(where))).to(device)
     _LAST = (position_ids, layout)
     return layout
 
 
-def _batched_attention(query: Any, key: Any, value: Any, layout: Layout, scaling: float | None) -> Any:
-    """(1, heads, total, dim) packed → (1, total, heads, dim): the rows padded side by side, one matmul."""
+def _batched_attention(query: Any, key: Any, value: Any, group: Group, scaling: float | None) -> Any:
+    """(1, heads, total, dim) packed → (the group's tokens, heads, dim): its rows padded side by side."""
     import torch
 
     device = query.device.type
@@ -91,26 +160,37 @@ def _batched_attention(query: Any, key: Any, value: Any, layout: Layout, scaling
         dtype = torch.get_autocast_dtype(device)
         query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    return _RowsAttention.apply(query, key, value, layout, scale)
+    return _RowsAttention.apply(query, key, value, group, scale)
 
 
 def _rows_attention_function() -> type:
     import torch
 
-    def padded(x: Any, layout: Layout, groups: int = 1) -> Any:
-        """(1, h, total, d) packed → (rows, h / groups, groups · longest, d): each row padded to the longest,
-        the `groups` query heads that share a key/value head stacked along the query axis."""
-        rows, longest = len(layout.segments), layout.longest
+    def tokens(x: Any, group: Group) -> Any:
+        """(1, h, total, d) packed → (the group's tokens, h, d)."""
+        x = x[0].transpose(0, 1)
+        return x if group.tokens is None else x.index_select(0, group.tokens)
+
+    def padded(x: Any, group: Group, groups: int = 1) -> Any:
+        """(the group's tokens, h, d) → (rows, h / groups, groups · longest, d): each row padded to the
+        longest, the `groups` query heads that share a key/value head stacked along the query axis."""
+        rows, longest = group.rows, group.longest
         h, d = x.shape[1], x.shape[-1]
-        out = x.new_zeros(rows * longest, h, d).index_copy_(0, layout.flat, x[0].transpose(0, 1))
+        out = x.new_zeros(rows * longest, h, d).index_copy_(0, group.flat, x)
         out = out.view(rows, longest, h // groups, groups, d).permute(0, 2, 3, 1, 4)
         return out.reshape(rows, h // groups, groups * longest, d)
 
-    def packed(x: Any, layout: Layout, heads: int) -> Any:
-        """The inverse of `padded`: (rows, kv, groups · longest, d) → (1, heads, total, d)."""
-        rows, longest, d = len(layout.segments), layout.longest, x.shape[-1]
+    def unpadded(x: Any, group: Group, heads: int) -> Any:
+        """The inverse of `padded`: (rows, kv, groups · longest, d) → (the group's tokens, heads, d)."""
+        rows, longest, d = group.rows, group.longest, x.shape[-1]
         x = x.reshape(rows, heads, longest, d).transpose(1, 2).reshape(rows * longest, heads, d)
-        return x.index_select(0, layout.flat).transpose(0, 1)[None]
+        return x.index_select(0, group.flat)
+
+    def scattered(x: Any, group: Group, total: int) -> Any:
+        """(the group's tokens, h, d) → (1, h, total, d), zero at the other groups' tokens."""
+        if group.tokens is not None:
+            x = x.new_zeros(total, *x.shape[1:]).index_copy_(0, group.tokens, x)
+        return x.transpose(0, 1)[None]
 
     def weights(q: Any, k: Any, bias: Any, scale: float) -> Any:
         rows, kv_heads, stacked, _ = q.shape
@@ -120,43 +200,50 @@ def _rows_attention_function() -> type:
         scores.view(rows, kv_heads, stacked // longest, longest, longest).add_(bias)
         return torch.softmax(scores, dim=-1)
 
+    def inputs(query: Any, key: Any, value: Any, group: Group) -> tuple[Any, Any, Any]:
+        groups = query.shape[1] // key.shape[1]
+        return (padded(tokens(query, group), group, groups), padded(tokens(key, group), group),
+                padded(tokens(value, group), group))  # fmt: skip
+
     class RowsAttention(torch.autograd.Function):
-        """softmax(q kᵀ · scale + mask) v over the packed rows laid side by side. Only the packed q, k and
-        v are kept for the backward, which pads them again and recomputes the weights (as fused kernels
-        do) instead of keeping rows × longest² weights. Scores and softmax are fp32 (exact products of
-        bf16 inputs); the weights meet v in v's dtype."""
+        """softmax(q kᵀ · scale + mask) v over one group of packed rows laid side by side. Only the packed
+        q, k and v are kept for the backward, which pads them again and recomputes the weights (as fused
+        kernels do) instead of keeping rows × longest² weights. Scores and softmax are fp32 (exact products
+        of bf16 inputs); the weights meet v in v's dtype."""
 
         @staticmethod
-        def forward(ctx, query, key, value, layout, scale):  # noqa: ANN001, ANN205
-            heads, kv_heads = query.shape[1], key.shape[1]
+        def forward(ctx, query, key, value, group, scale):  # noqa: ANN001, ANN205
             with torch.autocast(query.device.type, enabled=False):
-                q, k, v = padded(query, layout, heads // kv_heads), padded(key, layout), padded(value, layout)
-                out = torch.matmul(weights(q, k, layout.bias, scale).to(v.dtype), v)
-                out = packed(out, layout, heads).transpose(1, 2)  # (1, total, heads, d), as sdpa's wrapper returns
-            ctx.save_for_backward(query, key, value, layout.bias)
-            ctx.layout, ctx.scale = layout, scale
+                q, k, v = inputs(query, key, value, group)
+                probs = weights(q, k, group.bias, scale)
+                out = torch.matmul(probs.to(v.dtype), v)
+                out = unpadded(out, group, query.shape[1])  # (the group's tokens, heads, d)
+            kept = kept_weights(group.rows, group.longest, query.shape[1])
+            ctx.save_for_backward(query, key, value, probs if kept else group.bias)
+            ctx.group, ctx.scale, ctx.kept = group, scale, kept
             return out
 
         @staticmethod
         def backward(ctx, grad_out):  # noqa: ANN001, ANN205
             # fp32 where rounding would be amplified (the scores, and dO·Vᵀ before the softmax backward's
             # subtraction); the other products in the inputs' dtype, as fused kernels do
-            query, key, value, bias = ctx.saved_tensors
-            layout, scale = ctx.layout, ctx.scale
-            heads, kv_heads = query.shape[1], key.shape[1]
-            groups = heads // kv_heads
+            query, key, value, saved = ctx.saved_tensors
+            group, scale = ctx.group, ctx.scale
+            heads, kv_heads, total = query.shape[1], key.shape[1], query.shape[2]
             with torch.autocast(query.device.type, enabled=False):
-                q, k, v = padded(query, layout, groups), padded(key, layout), padded(value, layout)
-                probs = weights(q, k, bias, scale)
-                grad = padded(grad_out.transpose(1, 2), layout, groups)  # (rows, kv, groups · longest, d)
+                q, k, v = inputs(query, key, value, group)
+                probs = saved if ctx.kept else weights(q, k, saved, scale)
+                grad = padded(grad_out, group, heads // kv_heads)  # (rows, kv, groups · longest, d)
                 grad_v = torch.matmul(probs.to(v.dtype).transpose(-1, -2), grad.to(v.dtype))
                 grad_weights = torch.matmul(grad.to(probs.dtype), v.to(probs.dtype).transpose(-1, -2))
-                grad_scores = probs.mul_(grad_weights - (grad_weights * probs).sum(-1, keepdim=True)).mul_(scale)
+                # dS = P ⊙ (dP − Σ dP·P), in place in dP (the kept P is not written: it is a saved tensor)
+                grad_scores = grad_weights.sub_((grad_weights * probs).sum(-1, keepdim=True)).mul_(probs).mul_(scale)
                 grad_scores = grad_scores.to(q.dtype)
                 grad_q = torch.matmul(grad_scores, k.to(q.dtype))
                 grad_k = torch.matmul(grad_scores.transpose(-1, -2), q)
-                grad_q = packed(grad_q, layout, heads)
-                grad_k, grad_v = packed(grad_k, layout, kv_heads), packed(grad_v, layout, kv_heads)
+                grad_q = scattered(unpadded(grad_q, group, heads), group, total)
+                grad_k = scattered(unpadded(grad_k, group, kv_heads), group, total)
+                grad_v = scattered(unpadded(grad_v, group, kv_heads), group, total)
             return grad_q.to(query.dtype), grad_k.to(key.dtype), grad_v.to(value.dtype), None, None
 
     return RowsAttention
@@ -198,15 +285,18 @@ def packed_sdpa_attention(module: Any, query: Any, key: Any, value: Any, attenti
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     layout = _layout(position_ids, query.shape[1])
     plain = all(k in _PLAIN_KWARGS or v is None for k, v in kwargs.items()) and not kwargs.get("dropout")
-    if layout.flat is not None and plain:
-        return _batched_attention(query, key, value, layout, kwargs.get("scaling")), None
     kwargs = {k: v for k, v in kwargs.items() if k not in ("is_causal", "position_ids")}
-    outputs = [
-        sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None, is_causal=True,
-                               **kwargs)[0]
-        for a, b in layout.segments
-    ]  # fmt: skip
-    return torch.cat(outputs, dim=1), None  # sdpa_attention_forward returns (batch, seq, heads, dim)
+
+    def alone(a: int, b: int) -> Any:  # sdpa_attention_forward returns (batch, seq, heads, dim)
+        return sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
+                                      is_causal=True, **kwargs)[0][0]  # fmt: skip
+
+    if not (layout.groups and plain):
+        return torch.cat([alone(a, b) for a, b in layout.segments])[None], None
+    parts = [_batched_attention(query, key, value, group, kwargs.get("scaling")) for group in layout.groups]
+    parts += [alone(a, b) for a, b in layout.alone]
+    out = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return (out if layout.order is None else out.index_select(0, layout.order))[None], None
 
 
 def packed_sdpa_mask(*, batch_size: int, q_length: int, kv_length: int, attention_mask: Any = None,
