@@ -215,11 +215,16 @@ class _Block:
             self.t.keep(v if v.nbytes == FP32 else self.t.new(v.elems, FP32, True, name + ".v_fp32"))
             self.t.per_row += 3 * FP32 * arch.heads * self.seq * kv_len
             return self.t.new(arch.attn_dim, self.cb, True, name + ".merged")
+        rows_batched = w.packed and batched(w.rows, kv_len, arch.heads)
         for x in (q, k, v):
-            self.t.keep(self._cast(x, name + ".in"))
-        if w.packed and batched(w.rows, kv_len, arch.heads):
-            # short packed rows attend as one padded batch (`training.packed_attention`): q, k and v padded
-            # (the worst case has no padding), the backward recomputes the rest; one mask per micro-batch
+            if rows_batched:  # padded copies (the worst case has no padding): what they were cut from is freed
+                self.t.keep(self.t.new(x.elems, self.cb if self._cast(x, name) is not x else x.nbytes, True,
+                                       name + ".padded"))  # fmt: skip
+            else:
+                self.t.keep(self._cast(x, name + ".in"))
+        if rows_batched:
+            # short packed rows attend as one padded batch (`training.packed_attention`): q, k and v padded,
+            # and the fp32 weights of a small group; one mask per micro-batch
             self.t.mask_per_row = FP32 * self.seq * kv_len
             scores = FP32 * arch.heads * self.seq * kv_len
             if kept_weights(w.rows, kv_len, arch.heads):
