@@ -195,7 +195,8 @@ def _rows_attention_function() -> type:
     def wide_matmul(a: Any, b: Any) -> Any:
         """a @ b in fp32 (fp64 for fp64 inputs): exact products, fp32 sums. bf16 inputs on a CPU go through
         oneDNN's bf16 kernels with fp32 accumulation (`fp32_precision="bf16"`, set only around this call):
-        their values are bf16 already, so nothing is rounded, at ~1.6× the speed of an fp32 matmul."""
+        their values are bf16 already, so nothing is rounded, at ~1.6× the speed of an fp32 matmul. The
+        flag is process-wide: training runs its matmuls from one Python thread."""
         wide = torch.promote_types(a.dtype, torch.float32)
         if not (a.dtype == b.dtype == torch.bfloat16 and a.device.type == "cpu"):
             return torch.matmul(a.to(wide), b.to(wide))
