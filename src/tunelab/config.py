@@ -120,6 +120,8 @@ class TrainingSection(Section):
         "auto", description="auto: bf16 on GPUs and CPUs that support it, else fp32"
     )
     padding_free: bool = Field(True, description="pack a batch's rows into one sequence: no compute on padding")
+    share_prefix: bool = Field(True, description="packed rows compute the leading prompt tokens they all share "
+                               "(a chat template's system prompt) once: the same loss and gradients")
     gradient_checkpointing: bool = False
     logging_steps: int = Field(5, gt=0)
     eval_steps: int | None = Field(50, gt=0, description="evaluate on the validation split every N steps")

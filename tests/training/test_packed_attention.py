@@ -49,7 +49,7 @@ def test_packed_attention_equals_block_mask_in_logits_and_gradients(model_and_to
         assert used and model.config._attn_implementation == NAME
         logits, grads = logits_and_grads(model, batch)
     # the rows were found once per forward, and every layer took the path asked for
-    assert cuts == [[(0, 6), (6, 10), (10, 11), (11, 16)]]
+    assert cuts == [[(0, 6, 0, 0), (6, 10, 0, 0), (10, 11, 0, 0), (11, 16, 0, 0)]]  # (start, end, shared, base)
     assert len(batched_calls) == (model.config.num_hidden_layers if path == "batched" else 0)
     assert model.config._attn_implementation == "sdpa"  # restored
     torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)

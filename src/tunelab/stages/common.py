@@ -169,7 +169,7 @@ def _fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict]
     from tunelab.training.device import autocast_dtype, peak_memory_gib
     from tunelab.training.frozen_weights import frozen_weights_in
     from tunelab.training.losses import LOSSES, loss_trainer
-    from tunelab.training.packed_attention import packed_attention
+    from tunelab.training.packed_attention import packed_attention, sharing_collator
     from tunelab.training.trainer import (
         MetricsFileCallback,
         NonFiniteGuard,
@@ -203,12 +203,15 @@ def _fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict]
     if hasattr(model, "config"):
         model.config.use_cache = False  # packed rows + KV cache give silently wrong logits; training needs no cache
     make = build_trainer or loss_trainer(stage.loss, sliced_logits=method.sliced_logits, options=loss_options)
+    collator = stage.kind.collator(ctx.tokenizer, padding_free=packed)
+    if packed and t.share_prefix:
+        collator = sharing_collator(model, collator)
     trainer = make(
         model=model,
         args=args,
         train_dataset=train_rows,
         eval_dataset=eval_rows or None,
-        data_collator=stage.kind.collator(ctx.tokenizer, padding_free=packed),
+        data_collator=collator,
         processing_class=ctx.tokenizer,
         callbacks=callbacks,
     )

@@ -15,7 +15,9 @@ kernel. Here the packed sequence is cut where `position_ids` restart, two ways:
 - longer rows (and attention dropout): each row runs sdpa with `is_causal=True` on its own.
 
 Both give the packed rows' attention (tested against the block mask), with work Σ rowᵢ² or
-rows × longest² instead of (Σ rowᵢ)².
+rows × longest² instead of (Σ rowᵢ)². Rows that share their first tokens with the row before them
+(`training/shared_prefix.py`: their positions start at s > 0) attend to those tokens too: their keys are
+the shared tokens and then their own, and the shared tokens' gradient is summed over the rows.
 
 Used only while training (`packed_attention(model)`); every other call (padded batches, generation
 with a cache) goes to transformers' own sdpa unchanged.
@@ -27,6 +29,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+from tunelab.training import shared_prefix
 
 NAME = "tunelab_packed_sdpa"
 # the most rows × heads × longest² attention scores one layer computes at once on the batched path
@@ -40,15 +44,15 @@ GROUP_COST_SCORES = 100_000
 KEPT_SCORES_LIMIT = 2**20
 
 
-def kept_weights(rows: int, longest: int, heads: int) -> bool:
-    """Whether a group's fp32 attention weights are kept for the backward (else recomputed there): the
-    planner asks this too."""
-    return rows * heads * longest * longest <= KEPT_SCORES_LIMIT
+def kept_weights(rows: int, longest: int, heads: int, keys: int | None = None) -> bool:
+    """Whether a group's fp32 attention weights (rows × heads × longest queries × `keys`, default
+    `longest`) are kept for the backward (else recomputed there): the planner asks this too."""
+    return rows * heads * longest * (keys or longest) <= KEPT_SCORES_LIMIT
 
 
-def batched(rows: int, longest: int, heads: int) -> bool:
+def batched(rows: int, longest: int, heads: int, keys: int | None = None) -> bool:
     """Whether packed rows attend in one padded batch (else row by row): the planner asks this too."""
-    return rows * heads * longest * longest <= BATCHED_SCORES_LIMIT
+    return rows * heads * longest * (keys or longest) <= BATCHED_SCORES_LIMIT
 
 
 @dataclass
@@ -59,7 +63,10 @@ class Group:
     longest: int
     tokens: Any  # the group's token positions in the packed sequence, row after row; None: all, in order
     flat: Any  # where those tokens sit in the (rows × longest) padded layout
-    bias: Any  # (rows, 1, 1, longest, longest) fp32: 0 where a query may attend (causal, inside its row), else -inf
+    bias: Any  # (rows, 1, 1, longest, keys) fp32: 0 where a query may attend (causal, inside its row), else -inf
+    keys: int = 0  # the longest row's keys: its shared tokens and its own (0: `longest`, nothing shared)
+    key_tokens: Any = None  # with shared tokens: each row's keys' positions in the packed sequence, row after row
+    key_flat: Any = None  # where those keys sit in the (rows × keys) padded layout
 
 
 @dataclass
@@ -68,6 +75,8 @@ class Layout:
 
     segments: list[tuple[int, int]]
     longest: int
+    shared: dict[int, tuple[int, int]] = field(default_factory=dict)  # a row's start → (base, n): it reads the
+    # n first tokens of the row starting at base (`training/shared_prefix.py`)
     groups: list[Group] = field(default_factory=list)  # the rows on the batched path
     alone: list[tuple[int, int]] = field(default_factory=list)  # rows too long for it: sdpa, one by one
     order: Any = None  # puts the groups' and lone rows' outputs, concatenated, back in packed order (None: they are)
@@ -76,34 +85,31 @@ class Layout:
 _LAST: tuple[Any, Layout] | None = None  # the position_ids of the forward in progress and their layout
 
 
-def _segments(position_ids: Any) -> list[tuple[int, int]]:
-    import torch
-
-    pos = position_ids[0]
-    starts = torch.nonzero(pos == 0).flatten().tolist()
-    if not starts or starts[0] != 0:
-        starts = [0, *starts]
-    ends = [*starts[1:], pos.shape[0]]
-    return list(zip(starts, ends, strict=True))
+def _segments(position_ids: Any) -> list[tuple[int, int, int, int]]:
+    """(start, end, shared, base) of each row: see `training/shared_prefix.py`."""
+    return [(r.start, r.end, r.shared, r.base) for r in shared_prefix.rows(position_ids)]
 
 
-def grouping(lengths: list[int], heads: int) -> tuple[list[list[int]], list[int]]:
+def grouping(lengths: list[int], heads: int, keys: list[int] | None = None) -> tuple[list[list[int]], list[int]]:
     """Which rows attend together: (groups of row indices, rows that go alone through sdpa).
 
-    A group costs its rows × heads × longest² scores plus a fixed `GROUP_COST_SCORES` for its dozen small
-    ops, so one long row no longer pads every short one to its length: the rows, longest first, are cut
-    into runs at the least total cost (dynamic programming over the cut points). A row whose own scores
-    pass `BATCHED_SCORES_LIMIT` goes alone; so do all rows when the limit is 0."""
-    alone = [i for i, n in enumerate(lengths) if not batched(1, n, heads)]
-    rest = sorted((i for i, n in enumerate(lengths) if batched(1, n, heads)), key=lambda i: -lengths[i])
+    A group costs its rows × heads × longest queries × longest keys (a row's keys: `keys`, default its
+    `lengths`) scores plus a fixed `GROUP_COST_SCORES` for its dozen small ops, so one long row no longer
+    pads every short one to its length: the rows, most keys first, are cut into runs at the least total
+    cost (dynamic programming over the cut points). A row whose own scores pass `BATCHED_SCORES_LIMIT`
+    goes alone; so do all rows when the limit is 0."""
+    keys = keys or lengths
+    alone = [i for i, n in enumerate(lengths) if not batched(1, n, heads, keys[i])]
+    rest = sorted((i for i, n in enumerate(lengths) if batched(1, n, heads, keys[i])), key=lambda i: -keys[i])
     best = [0.0] + [float("inf")] * len(rest)  # best[i]: the cheapest way to group rest[:i]
     cut = [0] * (len(rest) + 1)
     for i in range(1, len(rest) + 1):
-        for j in range(i - 1, -1, -1):  # rest[j:i] as one group, padded to rest[j]'s length
-            longest = lengths[rest[j]]
-            if not batched(i - j, longest, heads):
+        longest = 0
+        for j in range(i - 1, -1, -1):  # rest[j:i] as one group, padded to rest[j]'s keys
+            longest = max(longest, lengths[rest[j]])
+            if not batched(i - j, longest, heads, keys[rest[j]]):
                 break
-            cost = best[j] + (i - j) * heads * longest * longest + GROUP_COST_SCORES
+            cost = best[j] + (i - j) * heads * longest * keys[rest[j]] + GROUP_COST_SCORES
             if cost < best[i]:
                 best[i], cut[i] = cost, j
     groups, i = [], len(rest)
@@ -113,7 +119,7 @@ def grouping(lengths: list[int], heads: int) -> tuple[list[list[int]], list[int]
     return sorted(groups), alone
 
 
-def _group(segments: list[tuple[int, int]], rows: list[int], everything: bool, device: Any) -> Group:
+def _group(segments: list[tuple[int, int, int, int]], rows: list[int], everything: bool, device: Any) -> Group:
     import torch
 
     lengths = torch.tensor([segments[r][1] - segments[r][0] for r in rows])
@@ -121,11 +127,25 @@ def _group(segments: list[tuple[int, int]], rows: list[int], everything: bool, d
     at = torch.arange(longest)
     valid = at[None, :] < lengths[:, None]  # (rows, longest)
     flat = torch.nonzero(valid.flatten()).flatten().to(device)
-    tokens = None if everything else torch.cat([torch.arange(*segments[r]) for r in rows]).to(device)
-    causal = torch.ones(longest, longest, dtype=torch.bool).tril()
-    keep = (causal[None] & valid[:, None, :])[:, None, None]
+    tokens = None if everything else torch.cat([torch.arange(*segments[r][:2]) for r in rows]).to(device)
+    shared = torch.tensor([segments[r][2] for r in rows])
+    if not shared.any():
+        causal = torch.ones(longest, longest, dtype=torch.bool).tril()
+        keep = (causal[None] & valid[:, None, :])[:, None, None]
+        bias = torch.zeros(keep.shape).masked_fill_(~keep, float("-inf")).to(device)
+        return Group(len(rows), longest, tokens, flat, bias)
+    # a row's keys are its shared tokens, then its own; its query i sits at key position shared + i
+    counts = shared + lengths
+    keys = int(counts.max())
+    key_at = torch.arange(keys)
+    key_valid = key_at[None, :] < counts[:, None]  # (rows, keys)
+    key_flat = torch.nonzero(key_valid.flatten()).flatten().to(device)
+    key_tokens = torch.cat([torch.cat([torch.arange(base, base + n), torch.arange(a, b)])
+                            for a, b, n, base in (segments[r] for r in rows)]).to(device)  # fmt: skip
+    causal = key_at[None, None, :] <= shared[:, None, None] + at[None, :, None]  # (rows, longest, keys)
+    keep = (causal & key_valid[:, None, :])[:, None, None]
     bias = torch.zeros(keep.shape).masked_fill_(~keep, float("-inf")).to(device)
-    return Group(len(rows), longest, tokens, flat, bias)
+    return Group(len(rows), longest, tokens, flat, bias, keys, key_tokens, key_flat)
 
 
 def _layout(position_ids: Any, heads: int) -> Layout:
@@ -134,18 +154,19 @@ def _layout(position_ids: Any, heads: int) -> Layout:
     global _LAST
     if _LAST is not None and _LAST[0] is position_ids:
         return _LAST[1]
-    segments = _segments(position_ids)
-    lengths = [b - a for a, b in segments]
-    layout = Layout(segments, max(lengths))
-    groups, alone = grouping(lengths, heads)
+    rows = _segments(position_ids)
+    lengths = [b - a for a, b, _, _ in rows]
+    layout = Layout([(a, b) for a, b, _, _ in rows], max(lengths))
+    layout.shared = {a: (base, n) for a, _, n, base in rows if n}
+    groups, alone = grouping(lengths, heads, [n + b - a for a, b, n, _ in rows])
     if groups:
         device = position_ids.device
         everything = len(groups) == 1 and not alone
-        layout.groups = [_group(segments, rows, everything, device) for rows in groups]
-        layout.alone = [segments[r] for r in alone]
-        placed = [r for rows in groups for r in rows] + alone  # the rows in the order their outputs come
+        layout.groups = [_group(rows, members, everything, device) for members in groups]
+        layout.alone = [layout.segments[r] for r in alone]
+        placed = [r for members in groups for r in members] + alone  # the rows in the order their outputs come
         if placed != sorted(placed):
-            where = torch.cat([torch.arange(*segments[r]) for r in placed])
+            where = torch.cat([torch.arange(*layout.segments[r]) for r in placed])
             layout.order = torch.empty_like(where).index_copy_(0, where, torch.arange(len(where))).to(device)
     _LAST = (position_ids, layout)
     return layout
@@ -180,6 +201,24 @@ def _rows_attention_function() -> type:
         out = out.view(rows, longest, h // groups, groups, d).permute(0, 2, 3, 1, 4)
         return out.reshape(rows, h // groups, groups * longest, d)
 
+    def padded_keys(x: Any, group: Group) -> Any:
+        """(1, h, total, d) packed → (rows, h, keys, d): each row's keys (its shared tokens, then its own)."""
+        if group.key_tokens is None:
+            return padded(tokens(x, group), group)
+        h, d = x.shape[1], x.shape[-1]
+        keys = x[0].transpose(0, 1).index_select(0, group.key_tokens)
+        out = x.new_zeros(group.rows * group.keys, h, d).index_copy_(0, group.key_flat, keys)
+        return out.view(group.rows, group.keys, h, d).transpose(1, 2)
+
+    def unpadded_keys(x: Any, group: Group, total: int) -> Any:
+        """The gradient of `padded_keys`: (rows, h, keys, d) → (1, h, total, d), a shared token's summed over
+        the rows that read it."""
+        if group.key_tokens is None:
+            return scattered(unpadded(x, group, x.shape[1]), group, total)
+        h, d = x.shape[1], x.shape[-1]
+        x = x.transpose(1, 2).reshape(group.rows * group.keys, h, d).index_select(0, group.key_flat)
+        return x.new_zeros(total, h, d).index_add_(0, group.key_tokens, x).transpose(0, 1)[None]
+
     def unpadded(x: Any, group: Group, heads: int) -> Any:
         """The inverse of `padded`: (rows, kv, groups · longest, d) → (the group's tokens, heads, d)."""
         rows, longest, d = group.rows, group.longest, x.shape[-1]
@@ -210,15 +249,14 @@ def _rows_attention_function() -> type:
 
     def weights(q: Any, k: Any, bias: Any, scale: float) -> Any:
         rows, kv_heads, stacked, _ = q.shape
-        longest = k.shape[2]
+        queries, keys = bias.shape[-2], k.shape[2]
         scores = wide_matmul(q, k.transpose(-1, -2)).mul_(scale)
-        scores.view(rows, kv_heads, stacked // longest, longest, longest).add_(bias)
+        scores.view(rows, kv_heads, stacked // queries, queries, keys).add_(bias)
         return torch.softmax(scores, dim=-1)
 
     def inputs(query: Any, key: Any, value: Any, group: Group) -> tuple[Any, Any, Any]:
         groups = query.shape[1] // key.shape[1]
-        return (padded(tokens(query, group), group, groups), padded(tokens(key, group), group),
-                padded(tokens(value, group), group))  # fmt: skip
+        return padded(tokens(query, group), group, groups), padded_keys(key, group), padded_keys(value, group)
 
     class RowsAttention(torch.autograd.Function):
         """softmax(q kᵀ · scale + mask) v over one group of packed rows laid side by side. The padded q, k
@@ -233,7 +271,7 @@ def _rows_attention_function() -> type:
                 probs = weights(q, k, group.bias, scale)
                 out = torch.matmul(probs.to(v.dtype), v)
                 out = unpadded(out, group, query.shape[1])  # (the group's tokens, heads, d)
-            kept = kept_weights(group.rows, group.longest, query.shape[1])
+            kept = kept_weights(group.rows, group.longest, query.shape[1], group.keys or None)
             ctx.save_for_backward(q, k, v, group.bias, probs if kept else None)
             ctx.group, ctx.scale, ctx.kept = group, scale, kept
             ctx.shape = (query.shape[1], key.shape[1], query.shape[2])  # heads, key/value heads, tokens
@@ -257,8 +295,8 @@ def _rows_attention_function() -> type:
                 grad_q = torch.matmul(grad_scores, k)
                 grad_k = torch.matmul(grad_scores.transpose(-1, -2), q)
                 grad_q = scattered(unpadded(grad_q, group, heads), group, total)
-                grad_k = scattered(unpadded(grad_k, group, kv_heads), group, total)
-                grad_v = scattered(unpadded(grad_v, group, kv_heads), group, total)
+                grad_k = unpadded_keys(grad_k, group, total)
+                grad_v = unpadded_keys(grad_v, group, total)
             return grad_q, grad_k, grad_v, None, None
 
     return RowsAttention
@@ -303,8 +341,14 @@ def packed_sdpa_attention(module: Any, query: Any, key: Any, value: Any, attenti
     kwargs = {k: v for k, v in kwargs.items() if k not in ("is_causal", "position_ids")}
 
     def alone(a: int, b: int) -> Any:  # sdpa_attention_forward returns (batch, seq, heads, dim)
-        return sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
-                                      is_causal=True, **kwargs)[0][0]  # fmt: skip
+        if a not in layout.shared:
+            return sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
+                                          is_causal=True, **kwargs)[0][0]  # fmt: skip
+        base, n = layout.shared[a]  # its keys: the shared tokens, then its own; query i sits at key n + i
+        k = torch.cat([key[:, :, base:base + n], key[:, :, a:b]], dim=2)
+        v = torch.cat([value[:, :, base:base + n], value[:, :, a:b]], dim=2)
+        mask = torch.ones(b - a, n + b - a, dtype=torch.bool, device=query.device).tril(n)[None, None]
+        return sdpa_attention_forward(module, query[:, :, a:b], k, v, mask, **kwargs)[0][0]
 
     if not (layout.groups and plain):
         return torch.cat([alone(a, b) for a, b in layout.segments])[None], None
@@ -349,11 +393,25 @@ def supports(model: Any) -> bool:
     )
 
 
+def _unwrapped(model: Any) -> Any:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper
+
+
+def sharing_collator(model: Any, collator: Any) -> Any:
+    """`collator` packing rows with their shared prefix once (`training/shared_prefix.py`), where `model`'s
+    attention will be this module's (the only one that reads that layout); else `collator` itself."""
+    from transformers import DataCollatorWithFlattening
+
+    if isinstance(collator, DataCollatorWithFlattening) and supports(_unwrapped(model)):
+        return shared_prefix.SharedPrefixCollator(collator)
+    return collator
+
+
 @contextmanager
 def packed_attention(model: Any) -> Iterator[bool]:
     """While inside, `model` (a transformers model, or a peft model around one) uses per-row packed
     attention; yields whether it could."""
-    model = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper
+    model = _unwrapped(model)
     if not supports(model):
         yield False
         return

@@ -22,6 +22,7 @@ from tunelab.progress import make_progress
 from tunelab.runs.layout import RunDir
 from tunelab.training.distributed import trainer_arguments as distributed_arguments
 from tunelab.training.distributed import world
+from tunelab.training.shared_prefix import row_tokens
 
 
 class RunTotals(TrainerCallback, ExportableState):
@@ -98,12 +99,15 @@ def summed_over_processes(like: Any, tokens: int, value: float) -> tuple[int, fl
 
 
 def batch_tokens(inputs: dict) -> int:
-    """Non-padding tokens of a collated batch: its attention mask(s), else every id (packed rows). 0 for
+    """Non-padding tokens of a collated batch: its attention mask(s), else its packed rows' tokens. 0 for
     what is not a collated batch (GRPO trains on rows it samples answers for inside the step)."""
     if not isinstance(inputs, dict):
         return 0
     if "attention_mask" in inputs:
         return int(inputs["attention_mask"].sum())
+    ids, positions = inputs.get("input_ids"), inputs.get("position_ids")
+    if hasattr(ids, "shape") and hasattr(positions, "shape") and ids.shape[0] == 1 and positions.shape == ids.shape:
+        return row_tokens(positions)  # packed rows: a shared prefix counts in every row that reads it
     masks = [v for k, v in inputs.items() if k.endswith("attention_mask") and hasattr(v, "sum")]
     if masks:
         return int(sum(int(m.sum()) for m in masks))
