@@ -9,8 +9,9 @@ The workload: SmolLM2-135M-Instruct; the ChatterBot Q/A pairs shuffled with `ran
 - `full`: every weight (lr 2e-5: the same lr for both);
 - `qlora`: LoRA r=8 on q,k,v,o over a 4-bit NF4 base (bitsandbytes).
 
-TRL is tuned the way its docs advise for speed: bf16, no gradient checkpointing, `padding_free`, rows
-grouped by length, `max_length=None` (the rows are shorter than 256 tokens anyway). tunelab runs from a
+TRL is tuned the way its docs advise for speed: bf16 (where the CPU has native bf16 math, as oneDNN
+reports it; fp32 elsewhere, where bf16 matmuls are emulated and ~90× slower), no gradient checkpointing,
+`padding_free`, rows grouped by length, `max_length=None` (the rows are shorter than 256 tokens anyway). tunelab runs from a
 config with nothing tuned but what the workload sets.
 
 Throughput: non-padding tokens of the training forwards ÷ the seconds from the Trainer's
@@ -74,6 +75,23 @@ def pairs() -> tuple[list[dict], list[dict]]:
     return rows[:N_TRAIN], rows[N_TRAIN:N_TRAIN + N_HELD_OUT]
 
 
+def row_tokens(inputs: dict) -> int:
+    """The rows' tokens in a training micro-batch: its attention mask; for packed rows (no mask), each row's
+    last position + 1, so that a prefix tunelab computes once for the rows sharing it (their positions start
+    past it) still counts in every row, as it does in TRL's batches; else every id."""
+    import torch
+
+    mask = inputs.get("attention_mask")
+    if mask is not None:
+        return int(mask.sum())
+    pos = inputs.get("position_ids")
+    if pos is None or pos.shape[0] != 1:
+        return int(inputs["input_ids"].numel())
+    p = pos[0]
+    last = torch.cat([p[1:] != p[:-1] + 1, torch.ones(1, dtype=torch.bool)])  # a row ends: the next is no +1
+    return int((p[last] + 1).sum())
+
+
 class Clock:
     """on_train_begin → on_train_end, and the non-padding tokens of every training micro-batch."""
 
@@ -98,8 +116,7 @@ class Clock:
         step = trainer.training_step
 
         def counted(model, inputs, *args, **kwargs):  # noqa: ANN001, ANN202
-            mask = inputs.get("attention_mask")
-            self.tokens += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+            self.tokens += row_tokens(inputs)
             return step(model, inputs, *args, **kwargs)
 
         trainer.training_step = counted
@@ -119,14 +136,15 @@ def run_trl(method: str, out: Path) -> dict:
     train, _ = pairs()
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": r["question"]}],
                                "completion": [{"role": "assistant", "content": r["answer"]}]} for r in train])  # fmt: skip
+    bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # oneDNN's own answer, not tunelab's
     init: dict = {"dtype": torch.float32}
     if spec["method"] == "qlora":
         init["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                          bnb_4bit_use_double_quant=True,
-                                                         bnb_4bit_compute_dtype=torch.bfloat16)  # fmt: skip
+                                                         bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float32)  # fmt: skip
     args = SFTConfig(output_dir=str(out / "trl"), per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
                      max_steps=STEPS, learning_rate=spec["lr"], lr_scheduler_type="linear", warmup_steps=0, seed=SEED,
-                     bf16=True, gradient_checkpointing=False, padding_free=True,
+                     bf16=bf16, gradient_checkpointing=False, padding_free=True,
                      train_sampling_strategy="group_by_length", max_length=None, report_to="none",
                      save_strategy="no", logging_steps=5, use_cpu=True, dataloader_num_workers=0,
                      model_init_kwargs=init, disable_tqdm=True)  # fmt: skip
@@ -144,7 +162,7 @@ def run_trl(method: str, out: Path) -> dict:
             "adapter": spec["targets"] is not None}  # fmt: skip
 
 
-def run_tunelab(method: str, out: Path) -> dict:
+def run_tunelab(method: str, out: Path, share_prefix: bool = True) -> dict:
     import tunelab
 
     spec = METHODS[method]
@@ -157,7 +175,8 @@ def run_tunelab(method: str, out: Path) -> dict:
         "data": {"train": str(out / "train.jsonl"), "validation": str(out / "validation.jsonl"),
                  "test": str(out / "test.jsonl"), "max_length": MAX_LENGTH},
         "training": {"max_steps": STEPS, "batch_size": BATCH, "lr": spec["lr"], "scheduler": "linear",
-                     "warmup_ratio": 0.0, "seed": SEED, "eval_steps": None, "save_steps": None},
+                     "warmup_ratio": 0.0, "seed": SEED, "eval_steps": None, "save_steps": None,
+                     "share_prefix": share_prefix},
         "evaluation": {"enabled": False},
     }  # fmt: skip
     if spec["targets"] is not None:
@@ -226,7 +245,7 @@ def held_out_loss(weights: str, adapter: bool) -> float:
     return total / count
 
 
-def one(recipe: str, method: str) -> dict:
+def one(recipe: str, method: str, share_prefix: bool = True) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TUNELAB_QUIET", "1")
     from tunelab.progress import quiet_libraries
@@ -234,14 +253,18 @@ def one(recipe: str, method: str) -> dict:
     quiet_libraries()
     with tempfile.TemporaryDirectory(prefix="vs_trl_") as tmp:
         out = Path(tmp)
-        r = run_trl(method, out) if recipe == "trl" else run_tunelab(method, out)
+        r = run_trl(method, out) if recipe == "trl" else run_tunelab(method, out, share_prefix)
         r["peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # before the scoring loads more
         r["tokens_per_second"] = r["tokens"] / r["seconds"]
         r["held_out_loss"] = held_out_loss(r.pop("weights"), r.pop("adapter"))
+    import torch
+
     from tunelab.allocator import running
 
     r["method"] = method
+    r["share_prefix"] = share_prefix if recipe == "tunelab" else None
     r["malloc"] = running()
+    r["native_bf16"] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return r
 
 
@@ -260,19 +283,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="pairs of runs (TRL, then tunelab)")
     parser.add_argument("--one", choices=["trl", "tunelab"], help="run one recipe in this process; JSON on stdout")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
+    parser.add_argument("--no-share-prefix", dest="share_prefix", action="store_false",
+                        help="tunelab computes the rows' shared prefix in every row (training.share_prefix: false)")
     mallocs = ["auto", "glibc", "tcmalloc", "jemalloc"]
     parser.add_argument("--malloc", choices=mallocs, default="glibc", help="the allocator of both recipes")
     parser.add_argument("--malloc-trl", choices=mallocs, help="TRL's allocator (default: --malloc)")
     parser.add_argument("--malloc-tunelab", choices=mallocs, help="tunelab's allocator (default: --malloc)")
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(args.one, args.method)))
+        print(json.dumps(one(args.one, args.method, args.share_prefix)))
         return
     runs = []
     malloc = {"trl": args.malloc_trl or args.malloc, "tunelab": args.malloc_tunelab or args.malloc}
     for i in range(args.repeats):
         for recipe in ("trl", "tunelab"):
-            out = subprocess.run([sys.executable, __file__, "--one", recipe, "--method", args.method],
+            share = [] if args.share_prefix else ["--no-share-prefix"]
+            out = subprocess.run([sys.executable, __file__, "--one", recipe, "--method", args.method, *share],
                                  capture_output=True, text=True, env=malloc_env(malloc[recipe]))  # fmt: skip
             if out.returncode:
                 sys.exit(f"{recipe} failed:\n{out.stderr[-4000:]}")
