@@ -81,3 +81,31 @@ def test_gradients_that_are_not_finite_stop_before_the_update(tiny_config, monke
     with pytest.raises(TrainingDiverged, match="training stopped at step 3: the gradients are not finite"):
         tunelab.train(tiny_config(name="infgrad", training={"max_steps": 6, "save_steps": None, "eval_steps": None}))
     assert len(calls) == 2  # steps 1 and 2 were taken, step 3 was not
+
+
+
+def test_gradient_check_reads_the_norm_the_trainer_clips_with(tiny_config, monkeypatch):
+    """The guard checks the norm the Trainer computed to clip the gradients, rather than a second pass
+    over every gradient: each step's norm is computed once, by the clipping."""
+    import sys
+
+    import torch
+    from torch.nn.utils import clip_grad
+
+    import tunelab
+
+    callers = []
+
+    def counted(real):  # noqa: ANN001, ANN202
+        def norm(*args, **kwargs):  # noqa: ANN002, ANN003
+            callers.append(sys._getframe(1).f_code.co_name)
+            return real(*args, **kwargs)
+
+        return norm
+
+    monkeypatch.setattr(torch.nn.utils, "get_total_norm", counted(torch.nn.utils.get_total_norm))
+    monkeypatch.setattr(clip_grad, "_get_total_norm", counted(clip_grad._get_total_norm))
+    tunelab.train(tiny_config(name="onenorm", training={"max_steps": 3, "save_steps": None, "eval_steps": None},
+                              evaluation={"enabled": False}))  # fmt: skip
+    assert "on_pre_optimizer_step" not in callers, callers
+    assert callers.count("clip_grad_norm_") == 3, callers  # the Trainer's, once a step

@@ -196,8 +196,9 @@ def _fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict]
     callbacks: list[Any] = [
         MetricsFileCallback(ctx.run.metrics, seconds_before=totals.seconds_before),
         RichProgressCallback(),
-        NonFiniteGuard(totals, run=ctx.run, lr=t.lr, check_gradients=ctx.precision != "fp16"),
     ]
+    guard = NonFiniteGuard(totals, run=ctx.run, lr=t.lr, check_gradients=ctx.precision != "fp16")
+    callbacks.append(guard)
     if t.early_stopping_patience and args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
     if hasattr(model, "config"):
@@ -222,6 +223,7 @@ def _fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict]
             raise TunelabError(f"{name} was asked for but the Trainer would train without it (plain DDP) here",
                                field="distributed.strategy", expected="ddp on this machine")  # fmt: skip
     totals.attach(trainer)
+    guard.watch(trainer)
     if build_trainer is None and LOSSES[stage.loss].per_batch_mean:
         # per-batch-mean losses: let Trainer divide them across accumulation steps
         trainer.model_accepts_loss_kwargs = False
