@@ -122,7 +122,7 @@ class Clock:
         trainer.training_step = counted
 
 
-def run_trl(method: str, out: Path) -> dict:
+def run_trl(method: str, out: Path, optimizer: str | None = None) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -147,7 +147,7 @@ def run_trl(method: str, out: Path) -> dict:
                      bf16=bf16, gradient_checkpointing=False, padding_free=True,
                      train_sampling_strategy="group_by_length", max_length=None, report_to="none",
                      save_strategy="no", logging_steps=5, use_cpu=True, dataloader_num_workers=0,
-                     model_init_kwargs=init, disable_tqdm=True)  # fmt: skip
+                     model_init_kwargs=init, disable_tqdm=True, **({"optim": optimizer} if optimizer else {}))  # fmt: skip
     peft_config = None
     if spec["targets"] is not None:
         peft_config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=spec["targets"],
@@ -159,10 +159,14 @@ def run_trl(method: str, out: Path) -> dict:
     trainer.train()
     trainer.save_model(str(out / "weights"))
     return {"recipe": "trl", "seconds": clock.seconds, "tokens": clock.tokens, "weights": str(out / "weights"),
-            "adapter": spec["targets"] is not None}  # fmt: skip
+            "adapter": spec["targets"] is not None, "optimizer": _optim_name(args)}  # fmt: skip
 
 
-def run_tunelab(method: str, out: Path, share_prefix: bool = True) -> dict:
+def _optim_name(args) -> str:  # noqa: ANN001
+    return str(getattr(args.optim, "value", args.optim))
+
+
+def run_tunelab(method: str, out: Path, share_prefix: bool = True, optimizer: str | None = None) -> dict:
     import tunelab
 
     spec = METHODS[method]
@@ -176,12 +180,13 @@ def run_tunelab(method: str, out: Path, share_prefix: bool = True) -> dict:
                  "test": str(out / "test.jsonl"), "max_length": MAX_LENGTH},
         "training": {"max_steps": STEPS, "batch_size": BATCH, "lr": spec["lr"], "scheduler": "linear",
                      "warmup_ratio": 0.0, "seed": SEED, "eval_steps": None, "save_steps": None,
-                     "share_prefix": share_prefix},
+                     "share_prefix": share_prefix, **({"optimizer": optimizer} if optimizer else {})},
         "evaluation": {"enabled": False},
     }  # fmt: skip
     if spec["targets"] is not None:
         cfg[spec["method"]] = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": spec["targets"]}
     clock = Clock()
+    used: dict = {}
     import tunelab.stages.common as common
 
     make = common.fit  # the same clock and token count as TRL's, on the Trainer tunelab builds
@@ -194,6 +199,7 @@ def run_tunelab(method: str, out: Path, share_prefix: bool = True) -> dict:
         def train_with_clock(self, *a, **k):  # noqa: ANN001, ANN202
             self.add_callback(clock.callback())
             clock.count(self)
+            used["optimizer"] = _optim_name(self.args)
             return original(self, *a, **k)
 
         transformers.Trainer.train = train_with_clock
@@ -208,7 +214,7 @@ def run_tunelab(method: str, out: Path, share_prefix: bool = True) -> dict:
     t = result.results["training"]
     return {"recipe": "tunelab", "seconds": clock.seconds, "tokens": clock.tokens, "weights": str(weights),
             "adapter": spec["targets"] is not None, "tunelab_seconds": t["train_seconds"],
-            "tunelab_tokens": t["train_tokens"]}  # fmt: skip
+            "tunelab_tokens": t["train_tokens"], **used}  # fmt: skip
 
 
 def held_out_loss(weights: str, adapter: bool) -> float:
@@ -245,7 +251,7 @@ def held_out_loss(weights: str, adapter: bool) -> float:
     return total / count
 
 
-def one(recipe: str, method: str, share_prefix: bool = True) -> dict:
+def one(recipe: str, method: str, share_prefix: bool = True, optimizer: str | None = None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TUNELAB_QUIET", "1")
     from tunelab.progress import quiet_libraries
@@ -253,7 +259,7 @@ def one(recipe: str, method: str, share_prefix: bool = True) -> dict:
     quiet_libraries()
     with tempfile.TemporaryDirectory(prefix="vs_trl_") as tmp:
         out = Path(tmp)
-        r = run_trl(method, out) if recipe == "trl" else run_tunelab(method, out, share_prefix)
+        r = run_trl(method, out, optimizer) if recipe == "trl" else run_tunelab(method, out, share_prefix, optimizer)
         r["peak_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # before the scoring loads more
         r["tokens_per_second"] = r["tokens"] / r["seconds"]
         r["held_out_loss"] = held_out_loss(r.pop("weights"), r.pop("adapter"))
@@ -285,19 +291,21 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
     parser.add_argument("--no-share-prefix", dest="share_prefix", action="store_false",
                         help="tunelab computes the rows' shared prefix in every row (training.share_prefix: false)")
+    parser.add_argument("--optimizer", help="both recipes' `optim` (default: each one's own, adamw_torch_fused for both)")
     mallocs = ["auto", "glibc", "tcmalloc", "jemalloc"]
     parser.add_argument("--malloc", choices=mallocs, default="glibc", help="the allocator of both recipes")
     parser.add_argument("--malloc-trl", choices=mallocs, help="TRL's allocator (default: --malloc)")
     parser.add_argument("--malloc-tunelab", choices=mallocs, help="tunelab's allocator (default: --malloc)")
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(args.one, args.method, args.share_prefix)))
+        print(json.dumps(one(args.one, args.method, args.share_prefix, args.optimizer)))
         return
     runs = []
     malloc = {"trl": args.malloc_trl or args.malloc, "tunelab": args.malloc_tunelab or args.malloc}
     for i in range(args.repeats):
         for recipe in ("trl", "tunelab"):
             share = [] if args.share_prefix else ["--no-share-prefix"]
+            share += ["--optimizer", args.optimizer] if args.optimizer else []
             out = subprocess.run([sys.executable, __file__, "--one", recipe, "--method", args.method, *share],
                                  capture_output=True, text=True, env=malloc_env(malloc[recipe]))  # fmt: skip
             if out.returncode:
@@ -305,7 +313,8 @@ def main() -> None:
             r = json.loads(out.stdout.strip().splitlines()[-1])
             runs.append(r)
             print(f"pair {i + 1} {recipe:8s} ({r['malloc']}) {r['tokens_per_second']:7.1f} tok/s  {r['peak_gib']:.2f} GiB  "
-                  f"held-out loss {r['held_out_loss']:.4f}  ({r['tokens']} tokens, {r['seconds']:.1f} s)", flush=True)  # fmt: skip
+                  f"held-out loss {r['held_out_loss']:.4f}  ({r['tokens']} tokens, {r['seconds']:.1f} s, {r.get('optimizer')})",
+                  flush=True)  # fmt: skip
     trl = [r for r in runs if r["recipe"] == "trl"]
     ours = [r for r in runs if r["recipe"] == "tunelab"]
     ratios = [b["tokens_per_second"] / a["tokens_per_second"] for a, b in zip(trl, ours, strict=True)]

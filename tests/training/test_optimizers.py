@@ -54,3 +54,27 @@ def test_optimizer_this_machine_cannot_run_is_refused_before_loading(tiny_config
     monkeypatch.setattr(loading, "load_model", no_loading)
     with pytest.raises(TunelabError, match=rf"optimizer '{name}' cannot run here: .*{reason}"):
         api.train(tiny_config(training={"optimizer": name}))
+
+
+def test_the_default_fused_adamw_learns_what_the_plain_loop_learns(tiny_config):
+    """The default optimizer is torch's fused AdamW (one kernel per tensor, no temporaries): full
+    fine-tuning with it ends at the weights torch's plain per-tensor loop (`adamw_torch` on a CPU)
+    gives, to float rounding."""
+    import torch
+    from safetensors.torch import load_file
+
+    from tunelab import api
+    from tunelab.config import TrainingSection
+
+    assert TrainingSection().optimizer == "adamw_torch_fused"
+    weights = {}
+    for name in ("adamw_torch_fused", "adamw_torch"):
+        cfg = tiny_config(name=name, method="full", evaluation={"enabled": False},
+                          training={"optimizer": name, "lr": 1e-3, "max_steps": 6, "eval_steps": None,
+                                    "save_steps": None, "weight_decay": 0.1})  # fmt: skip
+        folder = api.train(cfg).run_dir / "model"
+        weights[name] = {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
+    fused, plain = weights["adamw_torch_fused"], weights["adamw_torch"]
+    assert fused.keys() == plain.keys() and fused
+    for key in plain:
+        torch.testing.assert_close(fused[key], plain[key], rtol=1e-5, atol=1e-6, msg=key)

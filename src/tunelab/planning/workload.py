@@ -19,7 +19,7 @@ class Workload:
     seq_len: int  # tokens per row (data.max_length)
     grad_accum: int = 1
     precision: str = "bf16"  # resolved: fp32 | bf16 | fp16 (tunelab keeps fp32 weights and autocasts: mixed precision)
-    optimizer: str = "adamw_torch"
+    optimizer: str = "adamw_torch_fused"  # TrainConfig's default
     gradient_checkpointing: bool = False
     packed: bool = True  # rows packed padding-free into one sequence (no attention mask)
     sliced_logits: bool = True  # vocabulary logits only where a label is (tunelab's causal-LM loss)
