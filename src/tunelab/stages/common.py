@@ -170,6 +170,7 @@ def _fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict]
     from tunelab.training.frozen_weights import frozen_weights_in
     from tunelab.training.losses import LOSSES, loss_trainer
     from tunelab.training.packed_attention import packed_attention, sharing_collator
+    from tunelab.training.tied_embedding import sparse_tied_embedding_grad
     from tunelab.training.trainer import (
         MetricsFileCallback,
         NonFiniteGuard,
@@ -232,8 +233,9 @@ def _fit(ctx: Context, model: Any, train_rows: list[dict], eval_rows: list[dict]
     sharded = ctx.world.distributed and ctx.cfg.distributed.strategy != "ddp"
     half = method.holds_frozen_in_half and build_trainer is None and not sharded
     held = autocast_dtype(ctx.precision) if half else None  # None: nothing held
+    # one process alone: DDP, FSDP and DeepSpeed decide at wrap time how they reduce each gradient
     with packed_attention(model) if packed else nullcontext(), frozen_weights_in(model, held), \
-            disk_full_message(ctx.run.path):
+            sparse_tied_embedding_grad(model, enabled=not ctx.world.distributed), disk_full_message(ctx.run.path):
         if checkpoint is not None and training_finished(checkpoint):
             # killed after the last step (during the final evaluation or the report): the Trainer
             # would train one step more than asked, so load the finished weights instead
