@@ -24,7 +24,7 @@ from tunelab.planning.workload import Workload
 DEFAULT_MFU = 0.4  # model FLOPs utilisation assumed for time estimates on a GPU (a stated assumption)
 MAX_BATCH = 4096  # the largest batch the "largest batch that fits" search tries
 # the workload "the largest model a machine can fine-tune" is read at: one 2048-token row, gradient
-# checkpointing on, AdamW, the machine's precision, FSDP across a multi-GPU machine's cards
+# checkpointing on, fused AdamW (the default), the machine's precision, FSDP across a multi-GPU machine's cards
 REFERENCE_WORKLOAD = {"batch_size": 1, "seq_len": 2048, "gradient_checkpointing": True, "optimizer": "adamw_torch_fused"}
 SERVE_CONTEXT = 4096  # tokens of KV cache for "serve": one sequence this long
 
